@@ -1,0 +1,109 @@
+"""Defaults shared by every pretraining config.
+
+The config files in `configs/` start from `base_config()` and override what
+their method and dataset need. Every field is documented here once.
+"""
+
+import ml_collections
+
+
+def view(**overrides) -> ml_collections.ConfigDict:
+  """One augmented view: the crop/flip (host, tf.data) and photometric (device) parameters.
+
+  Defaults are BYOL's view 1 (Grill et al., 2020, Table 6 / Appendix B).
+  """
+  v = ml_collections.ConfigDict(dict(
+      # Random resized crop, done in tf.data on uint8 images.
+      crop_area_min=0.08,
+      crop_area_max=1.0,
+      crop_aspect_min=3 / 4,
+      crop_aspect_max=4 / 3,
+      flip_prob=0.5,
+      # Photometric ops, done on device in JAX (sslx/augment.py).
+      color_jitter_prob=0.8,
+      brightness=0.4,
+      contrast=0.4,
+      saturation=0.2,
+      hue=0.1,
+      grayscale_prob=0.2,
+      blur_prob=1.0,
+      blur_sigma_min=0.1,
+      blur_sigma_max=2.0,
+      blur_kernel_fraction=0.1,  # kernel side as a fraction of the image side
+      solarize_prob=0.0,
+      solarize_threshold=0.5,
+  ))
+  v.update(overrides)
+  return v
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.job = "pretrain"  # module under sslx/ with a run(config, workdir)
+  c.method = "byol"  # module under sslx/methods/
+  c.seed = 0
+  c.train_steps = 1000
+  c.batch_size = 256  # global batch, over all devices and hosts
+  c.dtype = "float32"  # compute dtype; parameters stay float32
+
+  c.data = ml_collections.ConfigDict(dict(
+      # 'mnist5k' (embedded, no download), a tfds name ('cifar10', 'cifar100',
+      # 'stl10', 'imagenet2012', 'imagenette'), 'npz:/path/file.npz' or
+      # 'folder:/path/to/images'.
+      dataset="mnist5k",
+      data_dir=None,  # tfds data_dir; None means tfds's default
+      download=True,  # let tfds download and prepare a missing dataset
+      image_size=28,
+      eval_crop_fraction=1.0,  # center crop fraction for eval (0.875 on ImageNet)
+      shuffle_buffer=50_000,
+      cache=True,  # cache decoded uint8 images in memory (small datasets)
+      num_parallel_calls=-1,  # tf.data.AUTOTUNE
+      prefetch=2,  # batches prefetched on host
+  ))
+
+  c.views = ml_collections.ConfigDict(dict(
+      v1=view(),
+      v2=view(blur_prob=0.1, solarize_prob=0.2),
+  ))
+
+  c.model = ml_collections.ConfigDict(dict(
+      name="resnet18",  # resnet10 (tests, quick start), resnet18, resnet34, resnet50
+      width=1.0,  # channel multiplier
+      stem="cifar",  # 'cifar' (3x3 conv, no max-pool) or 'imagenet' (7x7/2 conv + max-pool)
+  ))
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="lars",  # 'lars', 'sgd' or 'adamw'
+      base_learning_rate=0.2,  # scaled by batch_size / 256
+      weight_decay=1.5e-6,
+      momentum=0.9,
+      trust_coefficient=0.001,  # LARS eta
+      warmup_epochs=10.0,
+      min_learning_rate_ratio=0.0,  # cosine decays to base * ratio
+  ))
+
+  # Online linear classifier on stop-gradient encoder features: a live
+  # accuracy during pretraining where labels exist. Never updates the encoder.
+  c.probe = ml_collections.ConfigDict(dict(
+      enabled=True,
+      learning_rate=0.1,
+      momentum=0.9,
+  ))
+
+  # kNN accuracy of the encoder on the test split at the end of pretraining,
+  # beside the same measure for a randomly initialised encoder.
+  c.knn = ml_collections.ConfigDict(dict(
+      enabled=True,
+      k=200,
+      temperature=0.1,
+      batch_size=512,
+      max_train_examples=None,  # cap on the memory bank (None: whole split)
+      compare_random_init=True,
+  ))
+
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 3
+  c.distributed = False  # call jax.distributed.initialize() (multi-host)
+  c.num_devices = None  # None: all devices; an int uses the first N
+  return c
