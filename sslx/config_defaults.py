@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
       # 'stl10', 'imagenet2012', 'imagenette'), 'npz:/path/file.npz' or
       # 'folder:/path/to/images'.
       dataset="mnist5k",
-      data_dir=None,  # tfds data_dir; None means tfds's default
+      data_dir=ml_collections.config_dict.placeholder(str),  # tfds data_dir; None: tfds default
       download=True,  # let tfds download and prepare a missing dataset
       image_size=28,
       eval_crop_fraction=1.0,  # center crop fraction for eval (0.875 on ImageNet)
@@ -97,7 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
       k=200,
       temperature=0.1,
       batch_size=512,
-      max_train_examples=None,  # cap on the memory bank (None: whole split)
+      max_train_examples=ml_collections.config_dict.placeholder(int),  # None: whole split
       compare_random_init=True,
   ))
 
@@ -105,5 +105,5 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 3
   c.distributed = False  # call jax.distributed.initialize() (multi-host)
-  c.num_devices = None  # None: all devices; an int uses the first N
+  c.num_devices = ml_collections.config_dict.placeholder(int)  # None: all; N: the first N
   return c

@@ -1,15 +1,22 @@
-"""Test setup: 8 fake CPU devices, so sharding tests run on any machine.
+"""Test setup: 8 fake CPU devices, and fast compilation.
 
-XLA reads the flag when the backend starts, so it is set before anything
+XLA reads these flags when the backend starts, so they are set before anything
 imports jax. Tests that do not build a mesh run on device 0 as usual.
+
+Test models are tiny, so XLA's compile time dominates a test's run time;
+backend optimisation level 0 compiles about 5x faster (measured on
+tests/test_byol.py: 80 s -> 15 s) at the cost of slower execution, which tiny
+models do not notice. Real runs (main.py, experiments/) keep the defaults.
 """
 
 import os
 
+TEST_XLA_FLAGS = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_flag = "--xla_force_host_platform_device_count=8"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+for _flag in TEST_XLA_FLAGS.split():
+  if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position

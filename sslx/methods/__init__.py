@@ -1,0 +1,25 @@
+"""Self-supervised methods, one module each, chosen by `config.method`.
+
+Every module defines `Method`, a subclass of `base.SSLMethod`. Adding a method
+means adding its module here, its config in `configs/` and its tests; the
+trainer does not change.
+"""
+
+import importlib
+import pkgutil
+
+from sslx import errors
+from sslx.methods import base
+
+
+def available() -> list[str]:
+  return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base")
+
+
+def get_method(config) -> base.SSLMethod:
+  """Instantiates `sslx.methods.<config.method>.Method(config)`."""
+  name = config.method
+  if name not in available():
+    raise errors.ConfigError(
+        f"Unknown method {name!r} (config.method); valid methods: {', '.join(available())}.")
+  return importlib.import_module(f"sslx.methods.{name}").Method(config)

@@ -1,0 +1,111 @@
+"""BYOL: Bootstrap Your Own Latent (Grill et al., 2020, arXiv:2006.07733).
+
+An online network (encoder, projector, predictor) learns to predict, for one
+view of an image, the target network's projection of another view. The target
+(encoder, projector) receives no gradient; it is an exponential moving average
+of the online weights with rate tau_k = 1 - (1 - tau_base)(cos(pi k/K) + 1)/2.
+
+Loss (paper eq. 2): for each image, with q = predictor output of the online
+network on one view and z' = target projection of the other view,
+    L = ||q/|q| - z'/|z'|||^2 = 2 - 2 cos(q, z'),
+symmetrised over the two orderings of the views and averaged over the batch.
+
+Target BatchNorm: the target network runs in training mode, normalising with
+the statistics of the batch it sees (as the reference implementation does);
+its running averages are its own, kept in the method state, and are only
+used if someone evaluates the target network.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from sslx import models
+from sslx import schedules
+from sslx.methods import base
+
+
+def regression_loss(prediction: jax.Array, target: jax.Array) -> jax.Array:
+  """Per-example 2 - 2 cos(prediction, target), computed in float32."""
+  p = prediction.astype(jnp.float32)
+  t = target.astype(jnp.float32)
+  p = p / jnp.maximum(jnp.linalg.norm(p, axis=-1, keepdims=True), 1e-12)
+  t = t / jnp.maximum(jnp.linalg.norm(t, axis=-1, keepdims=True), 1e-12)
+  return 2.0 - 2.0 * jnp.sum(p * t, axis=-1)
+
+
+class Method(base.SSLMethod):
+  """BYOL on the generic trainer."""
+
+  num_views = 2
+
+  def __init__(self, config):
+    super().__init__(config)
+    c = config.byol
+    self.projector = models.MLP(hidden_dims=(c.projector_hidden_dim,),
+                                out_dim=c.projector_dim, dtype=self.dtype)
+    self.predictor = models.MLP(hidden_dims=(c.predictor_hidden_dim,),
+                                out_dim=c.projector_dim, dtype=self.dtype)
+
+  def init(self, rng, images):
+    k_enc, k_proj, k_pred = jax.random.split(rng, 3)
+    params, batch_stats = {}, {}
+    params["encoder"], batch_stats["encoder"] = self.init_module(self.encoder, k_enc, images)
+    features = jax.eval_shape(
+        lambda: self.encoder.apply({"params": params["encoder"],
+                                    "batch_stats": batch_stats["encoder"]}, images, train=False))
+    x = jnp.zeros(features.shape, jnp.float32)
+    params["projector"], batch_stats["projector"] = self.init_module(self.projector, k_proj, x)
+    z = jnp.zeros((x.shape[0], self.config.byol.projector_dim), jnp.float32)
+    params["predictor"], batch_stats["predictor"] = self.init_module(self.predictor, k_pred, z)
+    # The target starts as an exact copy of the online encoder and projector.
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)
+    method_state = {
+        "target_params": copy({k: params[k] for k in ("encoder", "projector")}),
+        "target_batch_stats": copy({k: batch_stats[k] for k in ("encoder", "projector")}),
+    }
+    return params, batch_stats, method_state
+
+  def _online(self, params, batch_stats, x):
+    features, bs_enc = self.apply_train(self.encoder, params["encoder"], batch_stats["encoder"], x)
+    projection, bs_proj = self.apply_train(self.projector, params["projector"],
+                                           batch_stats["projector"], features)
+    prediction, bs_pred = self.apply_train(self.predictor, params["predictor"],
+                                           batch_stats["predictor"], projection)
+    new_stats = {"encoder": bs_enc, "projector": bs_proj, "predictor": bs_pred}
+    return features, projection, prediction, new_stats
+
+  def _target(self, params, batch_stats, x):
+    features, bs_enc = self.apply_train(self.encoder, params["encoder"], batch_stats["encoder"], x)
+    projection, bs_proj = self.apply_train(self.projector, params["projector"],
+                                           batch_stats["projector"], features)
+    return projection, {"encoder": bs_enc, "projector": bs_proj}
+
+  def loss(self, params, batch_stats, method_state, views, rng, step):
+    del rng, step  # BYOL's forward pass is deterministic given the views.
+    view1, view2 = views
+    # Each view is a separate forward pass, so BN normalises each view with its
+    # own batch statistics, as in the reference implementation.
+    feat1, proj1, pred1, stats = self._online(params, batch_stats, view1)
+    _, _, pred2, stats = self._online(params, stats, view2)
+
+    target_params = jax.lax.stop_gradient(method_state["target_params"])
+    target_z1, t_stats = self._target(target_params, method_state["target_batch_stats"], view1)
+    target_z2, t_stats = self._target(target_params, t_stats, view2)
+    target_z1 = jax.lax.stop_gradient(target_z1)
+    target_z2 = jax.lax.stop_gradient(target_z2)
+
+    per_example = regression_loss(pred1, target_z2) + regression_loss(pred2, target_z1)
+    loss = jnp.mean(per_example)
+    new_state = dict(method_state, target_batch_stats=t_stats)
+    metrics = {"byol_cosine": 1.0 - jnp.mean(per_example) / 4.0}
+    return loss, base.LossOutput(batch_stats=stats, method_state=new_state, features=feat1,
+                                 embeddings=proj1, metrics=metrics)
+
+  def ema_rate(self, step):
+    return schedules.cosine_ema_rate(step, self.config.train_steps, self.config.byol.tau_base)
+
+  def post_step(self, params, method_state, step):
+    tau = self.ema_rate(step)
+    online = {k: params[k] for k in ("encoder", "projector")}
+    target = schedules.ema_update(method_state["target_params"], online, tau)
+    return dict(method_state, target_params=target)

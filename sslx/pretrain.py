@@ -1,0 +1,296 @@
+"""The pretraining job: one generic trainer for every method in sslx/methods.
+
+    python main.py --config=configs/byol.py --workdir=/tmp/byol
+
+The train step is a pure function (TrainState, batch) -> (TrainState, metrics),
+jitted once over a data-parallel device mesh. Per step it: derives the step's
+rng with fold_in(seed key, step), turns the uint8 crops from tf.data into
+photometrically augmented views on device, asks the method for its loss, adds
+the online linear probe's loss on stop-gradient features, applies the
+optimizer, and lets the method update its non-gradient state (EMA target,
+queue). Everything that changes is in TrainState, so a resumed run continues
+exactly.
+"""
+
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from sslx import augment
+from sslx import checkpointing
+from sslx import data
+from sslx import errors
+from sslx import knn
+from sslx import mesh as mesh_lib
+from sslx import methods
+from sslx import models
+from sslx import optim
+from sslx import progress as progress_lib
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # number of updates applied so far
+  params: PyTree  # {'model': method parameters, 'probe': online linear classifier}
+  batch_stats: PyTree  # BatchNorm running statistics of the method's online networks
+  opt_state: PyTree
+  method_state: PyTree  # non-gradient state owned by the method
+  rng: jax.Array  # base key; step k uses fold_in(rng, k)
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> data.DatasetInfo:
+  """Checks names and sizes before anything is compiled or written; reports all problems."""
+  problems = []
+
+  def check(fn):
+    try:
+      return fn()
+    except errors.ConfigError as e:
+      problems.append(str(e))
+
+  check(lambda: methods.get_method(config))
+  check(lambda: models.create_encoder(config.model))
+  if config.dtype not in ("float32", "bfloat16", "float16"):
+    problems.append(f"config.dtype={config.dtype!r}; valid: float32, bfloat16, float16.")
+  if config.train_steps < 1:
+    problems.append(f"config.train_steps={config.train_steps}; it must be >= 1.")
+  if config.batch_size % num_devices:
+    problems.append(
+        f"config.batch_size={config.batch_size} is not divisible by the number of devices "
+        f"({num_devices}); use a multiple of {num_devices}.")
+  if config.batch_size % jax.process_count():
+    problems.append(f"config.batch_size={config.batch_size} is not divisible by the number "
+                    f"of processes ({jax.process_count()}).")
+  info = None
+  if not problems:  # the dataset check may prepare data: only worth it if the rest is valid
+    try:
+      info = data.get_dataset_info(config.data)
+    except errors.ConfigError as e:
+      problems.append(str(e))
+  if info is not None:
+    steps_per_epoch = info.num_train_examples / config.batch_size
+    warmup = optim.warmup_steps(config.optimizer, steps_per_epoch)
+    if warmup >= config.train_steps:
+      problems.append(
+          f"config.optimizer.warmup_epochs={config.optimizer.warmup_epochs} is {warmup} steps, "
+          f"not fewer than config.train_steps={config.train_steps}; lower it (0 is allowed).")
+  if problems:
+    raise errors.ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+  return info
+
+
+def probe_loss(probe_params, features, labels, num_classes):
+  """Cross-entropy of the online linear probe; rows with label < 0 are ignored."""
+  logits = nn.Dense(num_classes).apply({"params": probe_params}, features)
+  valid = labels >= 0
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+  count = jnp.maximum(valid.sum(), 1)
+  loss = jnp.sum(jnp.where(valid, ce, 0.0)) / count
+  accuracy = jnp.sum(jnp.where(valid, jnp.argmax(logits, -1) == labels, False)) / count
+  return loss, {"probe_loss": loss, "probe_accuracy": accuracy}
+
+
+def embedding_std(embeddings):
+  """Std over the batch of L2-normalised embeddings, averaged over dimensions.
+
+  A collapsed representation gives 0; an isotropic one about 1/sqrt(dim)
+  (Chen & He, 2021, "Exploring Simple Siamese Representation Learning").
+  """
+  z = knn.l2_normalize(embeddings)
+  return jnp.mean(jnp.std(z, axis=0))
+
+
+class Trainer:
+  """Builds the state and the jitted step for one config on one mesh."""
+
+  def __init__(self, config, info: data.DatasetInfo, mesh):
+    self.config = config
+    self.info = info
+    self.mesh = mesh
+    self.method = methods.get_method(config)
+    self.dtype = jnp.dtype(config.dtype)
+    self.steps_per_epoch = info.num_train_examples / config.batch_size
+    self.tx, self.lr_schedule = optim.create_optimizer(config, steps_per_epoch=self.steps_per_epoch)
+    self.num_classes = info.num_classes if config.probe.enabled else None
+    size = config.data.image_size
+    self._dummy_images = jnp.zeros((2, size, size, 3), jnp.float32)
+    self.state_sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), self.abstract_state())
+    self.train_step = jax.jit(
+        self._train_step,
+        in_shardings=(self.state_sharding, mesh_lib.data_sharding(mesh)),
+        out_shardings=(self.state_sharding, mesh_lib.replicated(mesh)),
+        donate_argnums=0)
+
+  def _init_state(self, rng):
+    k_model, k_probe, k_state = jax.random.split(rng, 3)
+    model_params, batch_stats, method_state = self.method.init(k_model, self._dummy_images)
+    params = {"model": model_params, "probe": {}}
+    if self.num_classes:
+      dim = models.feature_dim(self.config.model)
+      params["probe"] = nn.Dense(self.num_classes).init(k_probe, jnp.zeros((1, dim)))["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=self.tx.init(params), method_state=method_state, rng=k_state)
+
+  def abstract_state(self):
+    return jax.eval_shape(self._init_state, jax.random.PRNGKey(0))
+
+  def init_state(self, seed: int) -> TrainState:
+    init = jax.jit(self._init_state, out_shardings=self.state_sharding)
+    return init(jax.random.PRNGKey(seed))
+
+  def _train_step(self, state: TrainState, batch: dict[str, jax.Array]):
+    step = state.step
+    aug_rng, method_rng = jax.random.split(jax.random.fold_in(state.rng, step))
+    views = augment.augment_views(aug_rng, batch["images"], self.config.views,
+                                  self.info.mean, self.info.std, dtype=self.dtype)
+
+    def loss_fn(params):
+      loss, out = self.method.loss(params["model"], state.batch_stats, state.method_state,
+                                   views, method_rng, step)
+      total, metrics = loss, {"loss": loss, **out.metrics}
+      if self.num_classes:
+        p_loss, p_metrics = probe_loss(params["probe"], jax.lax.stop_gradient(out.features),
+                                       batch["label"], self.num_classes)
+        total, metrics = total + p_loss, {**metrics, **p_metrics}
+      metrics["embedding_std"] = embedding_std(out.embeddings)
+      return total, (out, metrics)
+
+    grads, (out, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    method_state = self.method.post_step(params["model"], out.method_state, step)
+    metrics["learning_rate"] = self.lr_schedule(step)
+    metrics["grad_norm"] = optax.global_norm(grads["model"])
+    new_state = state.replace(step=step + 1, params=params, batch_stats=out.batch_stats,
+                              opt_state=opt_state, method_state=method_state)
+    return new_state, metrics
+
+  # Evaluation of the encoder.
+  def embed_fn(self):
+    encoder = self.method.encoder
+
+    @jax.jit
+    def embed(variables, images):
+      x = augment.normalize(augment.to_float01(images), self.info.mean, self.info.std, self.dtype)
+      return encoder.apply(variables, x, train=False)
+    return embed
+
+  def random_encoder_variables(self, seed: int):
+    return self.method.encoder.init(jax.random.PRNGKey(seed + 1), self._dummy_images, train=False)
+
+  def knn_evaluation(self, encoders: dict[str, PyTree]) -> dict[str, dict[str, float]]:
+    """kNN accuracy on the test split for each named encoder (same data, same protocol)."""
+    c = self.config.knn
+    local_batch = c.batch_size // jax.process_count()
+    embed = self.embed_fn()
+    results = {}
+    for name, variables in encoders.items():
+      variables = mesh_lib.replicate(variables, self.mesh)
+      fn = lambda images, v=variables: embed(v, images)
+      train_it = data.make_eval_iterator(self.config.data, "train", batch_size=local_batch,
+                                         max_examples=c.max_train_examples)
+      test_it = data.make_eval_iterator(self.config.data, "test", batch_size=local_batch)
+      bank, bank_labels = knn.extract_features(fn, train_it, self.mesh)
+      queries, labels = knn.extract_features(fn, test_it, self.mesh)
+      results[name] = knn.knn_accuracy(bank, bank_labels, queries, labels, k=c.k,
+                                       temperature=c.temperature, num_classes=self.info.num_classes)
+    return results
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Pretrains (or resumes) in `workdir`; returns the final metrics and kNN results."""
+  mesh_lib.initialize_distributed(config.distributed)
+  mesh = mesh_lib.create_mesh(config.num_devices)
+  info = validate_config(config, mesh.devices.size)
+  trainer = Trainer(config, info, mesh)
+  logging.info("%s on %s (%d train images, %s classes), %s, %d devices (%s), batch %d, %d steps",
+               config.method, config.data.dataset, info.num_train_examples, info.num_classes,
+               config.model.name, mesh.devices.size, jax.devices()[0].platform,
+               config.batch_size, config.train_steps)
+
+  # Only now, with a valid config, is anything written to the workdir.
+  ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+  state = trainer.init_state(config.seed)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    logging.info("Resuming from %s/%d", ckpt.directory, latest)
+    state = ckpt.restore(latest, state)
+  start_step = int(jax.device_get(state.step))
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+  progress = progress_lib.Progress(writer, total_steps=config.train_steps, start_step=start_step,
+                                   global_batch_size=config.batch_size)
+  batches = data.make_pretrain_iterator(config.data, config.views,
+                                        global_batch_size=config.batch_size, seed=config.seed,
+                                        start_step=start_step)
+  last_scalars = {}
+  t0 = time.perf_counter()
+  for step in range(start_step, config.train_steps):
+    state, metrics = trainer.train_step(state, mesh_lib.to_global(next(batches), mesh))
+    done = step + 1
+    if step == start_step:
+      jax.block_until_ready(state.step)
+      progress.first_step_done(done, time.perf_counter() - t0)
+    is_last = done == config.train_steps
+    save = done % config.checkpoint_every_steps == 0 or is_last
+    if done % config.log_every_steps == 0 or is_last:
+      last_scalars = progress.report(done, metrics)
+    if save or done % config.log_every_steps == 0:
+      # Never checkpoint a diverged state: the last good checkpoint stays the newest.
+      loss = float(jax.device_get(metrics["loss"]))
+      if not np.isfinite(loss):
+        raise errors.SslxError(f"Loss became {loss} at step {done}; stopping without saving. "
+                               f"The newest checkpoint is step {ckpt.latest_step()}.")
+    if save:
+      ckpt.save(state, config)
+  ckpt.wait()
+  results = {"step": int(jax.device_get(state.step)), "final_metrics": last_scalars,
+             "checkpoint": f"{ckpt.directory}/{ckpt.latest_step()}"}
+
+  if config.knn.enabled and info.num_classes and info.test_split:
+    encoders = {"pretrained": trainer.method.encoder_variables(state.params["model"],
+                                                               state.batch_stats)}
+    if config.knn.compare_random_init:
+      encoders["random_init"] = trainer.random_encoder_variables(config.seed)
+    knn_results = trainer.knn_evaluation(encoders)
+    results["knn"] = knn_results
+    writer.write_scalars(results["step"], {f"knn_{name}_{m}": v for name, r in knn_results.items()
+                                           for m, v in r.items()})
+    summary = " | ".join(f"{name} {r['top1']:.2%}" for name, r in knn_results.items())
+    print(f"kNN top-1 on {config.data.dataset} {info.test_split} (k={config.knn.k}, "
+          f"T={config.knn.temperature}): {summary}", flush=True)
+  elif config.knn.enabled:
+    logging.info("Skipping kNN evaluation: %s has no labelled test split.", config.data.dataset)
+  writer.flush()
+  ckpt.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "pretrain_results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  print(f"Checkpoint: {results['checkpoint']}", flush=True)
+  return results
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+  return out

@@ -1,0 +1,56 @@
+"""Progress a person can follow: a terminal line and TensorBoard scalars."""
+
+import time
+
+from absl import logging
+from clu import metric_writers
+import jax
+import numpy as np
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+  """Measures steps/s, images/s and ETA between reports; writes scalars.
+
+  Rates exclude the first step of the run, which includes compilation.
+  """
+
+  def __init__(self, writer: metric_writers.MetricWriter, *, total_steps: int,
+               start_step: int, global_batch_size: int):
+    self.writer = writer
+    self.total_steps = total_steps
+    self.global_batch_size = global_batch_size
+    self._mark_step = start_step
+    self._mark_time = None
+
+  def first_step_done(self, step: int, seconds: float) -> None:
+    """Called once the first step (compile + run) has finished."""
+    logging.info("step %d: compiled and ran the first step in %.1fs", step, seconds)
+    self.writer.write_scalars(step, {"compile_and_first_step_s": seconds})
+    self._mark_step, self._mark_time = step, time.perf_counter()
+
+  def report(self, step: int, metrics: dict) -> dict[str, float]:
+    """Fetches `metrics` (device arrays) and logs them with throughput."""
+    scalars = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+    now = time.perf_counter()
+    if self._mark_time is not None and step > self._mark_step:
+      steps_per_sec = (step - self._mark_step) / (now - self._mark_time)
+      scalars["steps_per_sec"] = steps_per_sec
+      scalars["images_per_sec"] = steps_per_sec * self.global_batch_size
+      eta = _duration((self.total_steps - step) / steps_per_sec)
+      self._mark_step, self._mark_time = step, now
+    else:
+      eta = "?"
+    self.writer.write_scalars(step, scalars)
+    shown = " | ".join(f"{k} {v:.4g}" for k, v in scalars.items()
+                       if k not in ("steps_per_sec", "images_per_sec"))
+    rate = (f"{scalars['steps_per_sec']:.2f} steps/s, {scalars['images_per_sec']:.0f} img/s"
+            if "steps_per_sec" in scalars else "")
+    logging.info("step %d/%d | %s | %s | ETA %s", step, self.total_steps, shown, rate, eta)
+    return scalars

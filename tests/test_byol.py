@@ -1,0 +1,123 @@
+"""BYOL: loss against a numpy reference, the EMA target, and where gradients stop."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import byol as byol_config
+from sslx.methods import byol
+
+
+def _tiny_config(train_steps=10):
+  c = byol_config.get_config()
+  c.model.update(name="resnet10", width=0.125)
+  c.byol.update(projector_hidden_dim=32, projector_dim=16, predictor_hidden_dim=32,
+                tau_base=0.9)
+  c.train_steps = train_steps
+  return c
+
+
+def _np_regression(p, z):
+  p = p / np.linalg.norm(p, axis=-1, keepdims=True)
+  z = z / np.linalg.norm(z, axis=-1, keepdims=True)
+  return np.sum((p - z) ** 2, axis=-1)  # = 2 - 2 cos, paper eq. (2)
+
+
+def test_regression_loss_matches_normalized_squared_error():
+  rng = np.random.default_rng(0)
+  p, z = rng.normal(size=(6, 9)), rng.normal(size=(6, 9)) * 5.0
+  np.testing.assert_allclose(byol.regression_loss(p, z), _np_regression(p, z), rtol=1e-5)
+  # Scale-invariant, 0 for aligned vectors, 4 for opposite ones.
+  np.testing.assert_allclose(byol.regression_loss(p, 3 * p), 0.0, atol=1e-5)
+  np.testing.assert_allclose(byol.regression_loss(p, -p), 4.0, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def method_and_state():
+  method = byol.Method(_tiny_config())
+  images = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 16, 16, 3))
+  params, batch_stats, state = jax.jit(method.init)(jax.random.PRNGKey(0), images[0])
+  # Make the target differ from the online network, as after some training.
+  state = dict(state, target_params=jax.tree.map(lambda x: x * 1.1 + 0.01, state["target_params"]))
+  # Eager flax is slow op by op on CPU; one compiled loss serves all tests.
+  method.jit_loss = jax.jit(method.loss)
+  return method, params, batch_stats, state, (images[0], images[1])
+
+
+def test_init_target_equals_online(method_and_state):
+  method = byol.Method(_tiny_config())
+  params, batch_stats, state = jax.jit(method.init)(jax.random.PRNGKey(0),
+                                                    jnp.zeros((2, 16, 16, 3)))
+  chex.assert_trees_all_equal(state["target_params"],
+                              {"encoder": params["encoder"], "projector": params["projector"]})
+  chex.assert_trees_all_equal(state["target_batch_stats"],
+                              {"encoder": batch_stats["encoder"],
+                               "projector": batch_stats["projector"]})
+
+
+def test_loss_is_symmetric_regression_of_predictions_on_other_views_targets(method_and_state):
+  method, params, batch_stats, state, views = method_and_state
+  loss, out = method.jit_loss(params, batch_stats, state, views, jax.random.PRNGKey(0), 0)
+
+  @functools.partial(jax.jit, static_argnums=3)
+  def run(module_params, module_stats, x, with_predictor):
+    f, _ = method.apply_train(method.encoder, module_params["encoder"], module_stats["encoder"], x)
+    z, _ = method.apply_train(method.projector, module_params["projector"],
+                              module_stats["projector"], f)
+    if not with_predictor:
+      return z
+    q, _ = method.apply_train(method.predictor, module_params["predictor"],
+                              module_stats["predictor"], z)
+    return q
+
+  q1, q2 = (np.asarray(run(params, batch_stats, v, True)) for v in views)
+  t1, t2 = (np.asarray(run(state["target_params"], state["target_batch_stats"], v, False))
+            for v in views)
+  expected = np.mean(_np_regression(q1, t2) + _np_regression(q2, t1))
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
+  chex.assert_shape(out.features, (8, 64))
+  chex.assert_shape(out.embeddings, (8, 16))
+
+
+def test_no_gradient_reaches_the_target(method_and_state):
+  method, params, batch_stats, state, views = method_and_state
+
+  def loss_of(online, target):
+    s = dict(state, target_params=target)
+    return method.loss(online, batch_stats, s, views, jax.random.PRNGKey(0), 0)[0]
+
+  g_online, g_target = jax.jit(jax.grad(loss_of, argnums=(0, 1)))(params, state["target_params"])
+  for leaf in jax.tree.leaves(g_target):
+    assert np.all(np.asarray(leaf) == 0.0)
+  # ...while the online network, predictor included, does learn.
+  for part in ("encoder", "projector", "predictor"):
+    assert any(np.abs(np.asarray(x)).max() > 0 for x in jax.tree.leaves(g_online[part]))
+
+
+def test_target_batch_stats_come_from_the_target_forward_pass(method_and_state):
+  method, params, batch_stats, state, views = method_and_state
+  _, out = method.jit_loss(params, batch_stats, state, views, jax.random.PRNGKey(0), 0)
+  before = state["target_batch_stats"]
+  after = out.method_state["target_batch_stats"]
+  assert not np.allclose(jax.tree.leaves(before)[0], jax.tree.leaves(after)[0])
+  # The online statistics moved too, and differently (different weights).
+  assert not np.allclose(jax.tree.leaves(out.batch_stats["encoder"])[0], jax.tree.leaves(after)[0])
+
+
+def test_post_step_is_ema_with_the_cosine_tau(method_and_state):
+  method, params, _, state, _ = method_and_state
+  total = method.config.train_steps
+  for step in (0, 4, total):
+    new = method.post_step(params, state, step)["target_params"]
+    tau = 1 - (1 - 0.9) * (np.cos(np.pi * step / total) + 1) / 2
+    expected = jax.tree.map(lambda t, o: tau * np.asarray(t) + (1 - tau) * np.asarray(o),
+                            state["target_params"],
+                            {"encoder": params["encoder"], "projector": params["projector"]})
+    chex.assert_trees_all_close(new, expected, rtol=1e-6, atol=1e-7)
+  # At the last step tau = 1: the target no longer moves.
+  chex.assert_trees_all_close(method.post_step(params, state, total)["target_params"],
+                              state["target_params"])

