@@ -8,6 +8,7 @@ r"""sslx entry point: pretraining (and, later, evaluation) jobs chosen by config
 """
 
 import importlib
+import logging as std_logging
 import os
 import sys
 
@@ -45,6 +46,15 @@ def main(argv):
     sys.exit(2)
 
 
+class _QuietLibraries:
+  """Drops INFO chatter of libraries (orbax logs every save step) from the terminal."""
+
+  def filter(self, record) -> bool:
+    return record.levelno > std_logging.INFO or (
+        os.sep + "orbax" + os.sep) not in record.pathname
+
+
 if __name__ == "__main__":
   logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   app.run(main)

@@ -46,7 +46,7 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
   if preset == "mnist5k":
     c.data.dataset = "mnist5k"
     c.data.image_size = 28
-    c.model.name = "resnet18"
+    c.model.name = "resnet10"
     c.model.width = 0.25
     c.model.stem = "cifar"
     c.batch_size = 256

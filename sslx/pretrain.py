@@ -230,9 +230,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = ckpt.restore(latest, state)
   start_step = int(jax.device_get(state.step))
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  # TensorBoard event files from process 0; the terminal gets Progress's one line.
+  writer = (metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
+            if jax.process_index() == 0 else metric_writers.MultiWriter([]))
   if start_step == 0:
-    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+    writer.write_hparams(_flatten(config.to_dict()))
   progress = progress_lib.Progress(writer, total_steps=config.train_steps, start_step=start_step,
                                    global_batch_size=config.batch_size)
   batches = data.make_pretrain_iterator(config.data, config.views,
