@@ -246,22 +246,37 @@ def device_fn(config, info):
   return fn
 
 
-def time_it(step_fn, seconds, min_warmup_batches=20, warmup_seconds=2.0):
-  """Steady-state calls/s of step_fn after warm-up, and 4 chunk rates."""
+def _cpu_seconds():
+  """(busy CPU seconds of the whole machine, of this process)."""
+  with open("/proc/stat") as f:
+    ticks = [int(v) for v in f.readline().split()[1:]]
+  busy = (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+  own = os.times()
+  return busy, own.user + own.system
+
+
+def time_it(step_fn, seconds, min_warmup_batches=10, warmup_seconds=2.0):
+  """Steady-state calls/s of step_fn after warm-up, 4 chunk rates, calls,
+  seconds, and the cores other processes kept busy meanwhile (should be ~0:
+  other load invalidates the figure)."""
   start, n = time.perf_counter(), 0
   while n < min_warmup_batches or time.perf_counter() - start < warmup_seconds:
     step_fn()
     n += 1
+  cpu0 = _cpu_seconds()
   t0 = time.perf_counter()
   stamps = []
   while not stamps or stamps[-1] - t0 < seconds:
     step_fn()
     stamps.append(time.perf_counter())
   total = stamps[-1] - t0
+  cpu1 = _cpu_seconds()
+  others = ((cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])) / total
   edges = np.searchsorted(np.array(stamps) - t0, np.linspace(0, total, 5)[1:],
                           side="right")
   counts = np.diff(np.concatenate([[0], edges]))
-  return len(stamps) / total, list(counts / (total / 4)), len(stamps), total
+  return (len(stamps) / total, list(counts / (total / 4)), len(stamps), total,
+          max(0.0, others))
 
 
 # ---------------------------------------------------------------- worker ----
@@ -280,7 +295,7 @@ def run_worker(config, threads):
   aug = device_fn(config, info)
   part = 0.4 * _SECONDS.value
 
-  def emit(what, placement, per_s, chunks, n, secs, nbytes=None):
+  def emit(what, placement, per_s, chunks, n, secs, others, nbytes=None):
     ips = per_s * bsz
     row = dict(what=what, placement=placement, threads=threads,
                images_per_sec=round(ips, 1), batch_size=bsz, image_size=size,
@@ -288,7 +303,8 @@ def run_worker(config, threads):
                views=len(config.views), core_us_per_image=round(
                    threads * 1e6 / ips, 1),
                bytes_per_batch=nbytes, batches=n, seconds=round(secs, 2),
-               chunk_images_per_sec=[round(c * bsz) for c in chunks])
+               chunk_images_per_sec=[round(c * bsz) for c in chunks],
+               other_cores_busy=round(others, 2))
     print(json.dumps(row), flush=True)
 
   # (a) host: crop + flip + photometric + normalise in tf.data.
@@ -410,13 +426,14 @@ def _jobs():
 
 def _table(rows):
   out = ["| dataset | px | placement | what | cores | images/s | "
-         "core-us/image | H->D bytes/batch |", "|---" * 8 + "|"]
+         "core-us/image | H->D bytes/batch | other load (cores) |",
+         "|---" * 9 + "|"]
   for r in rows:
     nb = f"{r['bytes_per_batch']:,}" if r["bytes_per_batch"] else "-"
     out.append(f"| {r['dataset'].split('/')[-1]} | {r['image_size']} | "
                f"{r['placement']} | {r['what']} | {r['threads']} | "
                f"{r['images_per_sec']:,.0f} | {r['core_us_per_image']:,.0f} |"
-               f" {nb} |")
+               f" {nb} | {r['other_cores_busy']:.2f} |")
   return "\n".join(out)
 
 

@@ -52,7 +52,9 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
             enable_async_checkpointing=not read_only),
-        item_names=ITEMS + (CONFIG_ITEM,))
+        # Handlers named up front, so metadata can be read before any restore.
+        item_handlers={**{k: ocp.StandardCheckpointHandler() for k in ITEMS},
+                       CONFIG_ITEM: ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -97,8 +99,9 @@ class Checkpointer:
 def load_encoder(workdir: str, step: int | None = None) -> tuple[dict, dict, int]:
   """Reads only the online encoder (and the config) of a pretraining run.
 
-  Returns (encoder variables {'params', 'batch_stats'} as numpy trees, the
-  pretraining config as a dict, the step). Opens the directory read-only.
+  Returns (encoder variables {'params', 'batch_stats'} on the local device,
+  the pretraining config as a dict, the step). Opens the directory read-only
+  and works whatever number of devices wrote the checkpoint.
   """
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
@@ -109,8 +112,14 @@ def load_encoder(workdir: str, step: int | None = None) -> tuple[dict, dict, int
     raise errors.CheckpointError(
         f"No complete checkpoint{'' if step is None else f' at step {step}'} in {directory}; "
         f"available steps: {sorted(ckpt.manager.all_steps())}.")
+  # Restore onto this process's first device whatever topology saved it (a run
+  # pretrained on 8 GPUs is evaluated on 1 CPU): shapes and dtypes come from
+  # the checkpoint's metadata, the sharding is ours.
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  metadata = ckpt.manager.item_metadata(step)["online"]
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local), metadata)
   restored = ckpt.manager.restore(step, args=ocp.args.Composite(
-      online=ocp.args.StandardRestore(), **{CONFIG_ITEM: ocp.args.JsonRestore()}))
+      online=ocp.args.StandardRestore(target), **{CONFIG_ITEM: ocp.args.JsonRestore()}))
   online = restored["online"]
   encoder = {"params": online["params"]["model"]["encoder"],
              "batch_stats": online["batch_stats"]["encoder"]}

@@ -90,12 +90,14 @@ def base_config() -> ml_collections.ConfigDict:
       momentum=0.9,
   ))
 
-  # kNN accuracy of the encoder on the test split at the end of pretraining,
-  # beside the same measure for a randomly initialised encoder.
-  c.knn = ml_collections.ConfigDict(dict(
-      enabled=True,
-      k=200,
-      temperature=0.1,
+  # At the end of pretraining, the encoder is measured on the test split by a
+  # weighted kNN classifier and a linear probe on frozen features, beside the
+  # same measures for a randomly initialised encoder of the same architecture.
+  c.eval = ml_collections.ConfigDict(dict(
+      knn=True,
+      knn_k=200,  # InstDisc / solo-learn defaults
+      knn_temperature=0.1,
+      linear=True,  # L-BFGS logistic regression, L2 chosen on held-out train data
       batch_size=512,
       max_train_examples=ml_collections.config_dict.placeholder(int),  # None: whole split
       compare_random_init=True,
@@ -106,4 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.distributed = False  # call jax.distributed.initialize() (multi-host)
   c.num_devices = ml_collections.config_dict.placeholder(int)  # None: all; N: the first N
+  # CPU-only hosts: XLA runs one device's step on about one core, so main.py
+  # splits the host into this many devices (data parallel over the cores,
+  # same results). 0: the most cores that divide batch_size and
+  # eval.batch_size. Ignored where XLA_FLAGS already sets a device count.
+  c.cpu_devices = 0
   return c

@@ -32,6 +32,7 @@ from sslx import checkpointing
 from sslx import data
 from sslx import errors
 from sslx import knn
+from sslx import linear_probe
 from sslx import mesh as mesh_lib
 from sslx import methods
 from sslx import models
@@ -191,9 +192,13 @@ class Trainer:
   def random_encoder_variables(self, seed: int):
     return self.method.encoder.init(jax.random.PRNGKey(seed + 1), self._dummy_images, train=False)
 
-  def knn_evaluation(self, encoders: dict[str, PyTree]) -> dict[str, dict[str, float]]:
-    """kNN accuracy on the test split for each named encoder (same data, same protocol)."""
-    c = self.config.knn
+  def evaluate_encoders(self, encoders: dict[str, PyTree]) -> dict[str, dict[str, float]]:
+    """kNN and linear-probe accuracy on the test split for each named encoder.
+
+    Features are extracted once per encoder (eval-mode BatchNorm, no
+    augmentation) and shared by both protocols.
+    """
+    c = self.config.eval
     local_batch = c.batch_size // jax.process_count()
     embed = self.embed_fn()
     results = {}
@@ -203,10 +208,17 @@ class Trainer:
       train_it = data.make_eval_iterator(self.config.data, "train", batch_size=local_batch,
                                          max_examples=c.max_train_examples)
       test_it = data.make_eval_iterator(self.config.data, "test", batch_size=local_batch)
-      bank, bank_labels = knn.extract_features(fn, train_it, self.mesh)
-      queries, labels = knn.extract_features(fn, test_it, self.mesh)
-      results[name] = knn.knn_accuracy(bank, bank_labels, queries, labels, k=c.k,
-                                       temperature=c.temperature, num_classes=self.info.num_classes)
+      train_x, train_y = knn.extract_features(fn, train_it, self.mesh)
+      test_x, test_y = knn.extract_features(fn, test_it, self.mesh)
+      results[name] = {}
+      if c.knn:
+        results[name]["knn"] = knn.knn_accuracy(
+            train_x, train_y, test_x, test_y, k=c.knn_k, temperature=c.knn_temperature,
+            num_classes=self.info.num_classes)
+      if c.linear:
+        results[name]["linear"] = linear_probe.linear_probe_accuracy(
+            train_x, train_y, test_x, test_y, num_classes=self.info.num_classes,
+            seed=self.config.seed)
     return results
 
 
@@ -264,20 +276,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results = {"step": int(jax.device_get(state.step)), "final_metrics": last_scalars,
              "checkpoint": f"{ckpt.directory}/{ckpt.latest_step()}"}
 
-  if config.knn.enabled and info.num_classes and info.test_split:
+  evaluate = config.eval.knn or config.eval.linear
+  if evaluate and info.num_classes and info.test_split:
     encoders = {"pretrained": trainer.method.encoder_variables(state.params["model"],
                                                                state.batch_stats)}
-    if config.knn.compare_random_init:
+    if config.eval.compare_random_init:
       encoders["random_init"] = trainer.random_encoder_variables(config.seed)
-    knn_results = trainer.knn_evaluation(encoders)
-    results["knn"] = knn_results
-    writer.write_scalars(results["step"], {f"knn_{name}_{m}": v for name, r in knn_results.items()
-                                           for m, v in r.items()})
-    summary = " | ".join(f"{name} {r['top1']:.2%}" for name, r in knn_results.items())
-    print(f"kNN top-1 on {config.data.dataset} {info.test_split} (k={config.knn.k}, "
-          f"T={config.knn.temperature}): {summary}", flush=True)
-  elif config.knn.enabled:
-    logging.info("Skipping kNN evaluation: %s has no labelled test split.", config.data.dataset)
+    results["eval"] = trainer.evaluate_encoders(encoders)
+    writer.write_scalars(results["step"], {
+        f"eval/{protocol}_{name}_{metric}": value
+        for name, by_protocol in results["eval"].items()
+        for protocol, scores in by_protocol.items() for metric, value in scores.items()})
+    protocols = {"knn": f"kNN (k={config.eval.knn_k}, T={config.eval.knn_temperature})",
+                 "linear": "linear probe"}
+    for protocol, title in protocols.items():
+      if protocol in results["eval"]["pretrained"]:
+        summary = " | ".join(f"{name} {r[protocol]['top1']:.1%}"
+                             for name, r in results["eval"].items())
+        print(f"{title} top-1 on {config.data.dataset} {info.test_split}: {summary}", flush=True)
+  elif evaluate:
+    logging.info("Skipping the final evaluation: %s has no labelled test split.",
+                 config.data.dataset)
   writer.flush()
   ckpt.close()
   if jax.process_index() == 0:

@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLAGS = ["--config.model.name=resnet10", "--config.model.width=0.125",
               "--config.byol.projector_hidden_dim=32", "--config.byol.projector_dim=16",
               "--config.byol.predictor_hidden_dim=32", "--config.batch_size=32",
-              "--config.optimizer.warmup_epochs=0", "--config.knn.batch_size=256",
+              "--config.optimizer.warmup_epochs=0", "--config.eval.batch_size=256",
               "--config.log_every_steps=2", "--config.checkpoint_every_steps=2"]
 
 
@@ -37,14 +37,16 @@ def _main(workdir, tfds_dir, *flags):
 @pytest.mark.slow
 def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir):
   workdir = str(tmp_path / "run")
-  first = _main(workdir, tfds_dir, "--config.train_steps=4")
+  first = _main(workdir, tfds_dir, "--config.train_steps=4", "--config.cpu_devices=2")
   assert first.returncode == 0, first.stderr[-3000:]
-  assert "kNN top-1 on mnist5k test" in first.stdout
+  assert "kNN (k=20, T=0.1) top-1 on mnist5k test: pretrained" in first.stdout
+  assert "linear probe top-1 on mnist5k test: pretrained" in first.stdout
   results = json.load(open(os.path.join(workdir, "pretrain_results.json")))
   assert results["step"] == 4
-  assert set(results["knn"]) == {"pretrained", "random_init"}
-  for r in results["knn"].values():
-    assert 0.0 <= r["top1"] <= 1.0 and r["top5"] >= r["top1"]
+  assert set(results["eval"]) == {"pretrained", "random_init"}
+  for by_protocol in results["eval"].values():
+    for r in (by_protocol["knn"], by_protocol["linear"]):
+      assert 0.0 <= r["top1"] <= 1.0 and r["top5"] >= r["top1"]
   ckpt_dir = os.path.join(workdir, "checkpoints")
   assert sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) == [2, 4]
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
@@ -53,8 +55,17 @@ def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir):
   encoder, config, step = checkpointing.load_encoder(workdir)
   assert step == 4 and config["model"]["name"] == "resnet10"
   assert "stem_conv" in encoder["params"]
+  # main.py split the host into 2 CPU devices; a 1-device process still reads it.
+  assert "2 devices (cpu)" in first.stderr
+  reader = subprocess.run(
+      [sys.executable, "-c", "from sslx import checkpointing; "
+       f"print(checkpointing.load_encoder({workdir!r})[2])"],
+      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""),
+      capture_output=True, text=True, timeout=300)
+  assert reader.returncode == 0, reader.stderr[-2000:]
+  assert reader.stdout.strip() == "4"
 
-  second = _main(workdir, tfds_dir, "--config.train_steps=6", "--config.knn.enabled=False")
+  second = _main(workdir, tfds_dir, "--config.train_steps=6", "--config.eval.knn=False", "--config.eval.linear=False")
   assert second.returncode == 0, second.stderr[-3000:]
   assert f"Resuming from {ckpt_dir}/4" in second.stderr
   assert "step 6/6" in second.stderr and "step 2/6" not in second.stderr
