@@ -415,9 +415,10 @@ def _jobs():
   if _CONFIG.value is not None:
     return [[]]
   cfg = os.path.join(_REPO, "configs", "byol.py")
-  jobs = [[f"--config={cfg}"]]
+  batch = "--config.batch_size=256"  # the presets' value, pinned
+  jobs = [[f"--config={cfg}", batch]]
   if os.path.exists(_CIFAR_NPZ):
-    jobs.append([f"--config={cfg}:cifar10",
+    jobs.append([f"--config={cfg}:cifar10", batch,
                  f"--config.data.dataset=npz:{_CIFAR_NPZ}"])
   else:
     print(f"skipping byol.py:cifar10: {_CIFAR_NPZ} not found", flush=True)

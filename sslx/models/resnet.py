@@ -82,6 +82,18 @@ def _conv(features: int, kernel: int, strides: int, dtype: Dtype,
   )
 
 
+def _shortcut(x: Array, y: Array, strides: int, dtype: Dtype,
+              train: bool) -> Array:
+  """The residual path: identity, or a 1x1 conv + BN where the shape changes.
+
+  Called inside a block's compact `__call__`, so its layers belong to the block.
+  """
+  if x.shape == y.shape:
+    return x
+  x = _conv(y.shape[-1], 1, strides, dtype, 'shortcut_conv')(x)
+  return _batch_norm(dtype, train, 'shortcut_bn')(x)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions with a residual connection (ResNet-18/34).
 
@@ -100,18 +112,13 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     out_ch = scaled_channels(self.filters * self.expansion, self.width)
-    residual = x
     y = _conv(out_ch, 3, self.strides, self.dtype, 'conv1')(x)
     y = _batch_norm(self.dtype, train, 'bn1')(y)
     y = nn.relu(y)
     y = _conv(out_ch, 3, 1, self.dtype, 'conv2')(y)
     y = _batch_norm(self.dtype, train, 'bn2',
                     zero_scale=self.zero_init_residual)(y)
-    if residual.shape != y.shape:
-      residual = _conv(out_ch, 1, self.strides, self.dtype,
-                       'shortcut_conv')(residual)
-      residual = _batch_norm(self.dtype, train, 'shortcut_bn')(residual)
-    return nn.relu(residual + y)
+    return nn.relu(_shortcut(x, y, self.strides, self.dtype, train) + y)
 
 
 class Bottleneck(nn.Module):
@@ -129,7 +136,6 @@ class Bottleneck(nn.Module):
   def __call__(self, x: Array, train: bool) -> Array:
     mid_ch = scaled_channels(self.filters, self.width)
     out_ch = scaled_channels(self.filters * self.expansion, self.width)
-    residual = x
     y = _conv(mid_ch, 1, 1, self.dtype, 'conv1')(x)
     y = _batch_norm(self.dtype, train, 'bn1')(y)
     y = nn.relu(y)
@@ -141,11 +147,7 @@ class Bottleneck(nn.Module):
     y = _conv(out_ch, 1, 1, self.dtype, 'conv3')(y)
     y = _batch_norm(self.dtype, train, 'bn3',
                     zero_scale=self.zero_init_residual)(y)
-    if residual.shape != y.shape:
-      residual = _conv(out_ch, 1, self.strides, self.dtype,
-                       'shortcut_conv')(residual)
-      residual = _batch_norm(self.dtype, train, 'shortcut_bn')(residual)
-    return nn.relu(residual + y)
+    return nn.relu(_shortcut(x, y, self.strides, self.dtype, train) + y)
 
 
 BlockType = type[BasicBlock] | type[Bottleneck]
