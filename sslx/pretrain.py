@@ -222,8 +222,33 @@ class Trainer:
     return results
 
 
+def final_evaluation(config, info: data.DatasetInfo, trainer: Trainer, state: TrainState,
+                     writer) -> dict | None:
+  """kNN and linear probe of the pretrained encoder, beside a random one; printed and logged."""
+  if not (info.num_classes and info.test_split):
+    logging.info("Skipping the final evaluation: %s has no labelled test split.",
+                 config.data.dataset)
+    return None
+  encoders = {"pretrained": trainer.method.encoder_variables(state.params["model"],
+                                                             state.batch_stats)}
+  if config.eval.compare_random_init:
+    encoders["random_init"] = trainer.random_encoder_variables(config.seed)
+  results = trainer.evaluate_encoders(encoders)
+  writer.write_scalars(int(jax.device_get(state.step)), {
+      f"eval/{protocol}_{name}_{metric}": value
+      for name, by_protocol in results.items()
+      for protocol, scores in by_protocol.items() for metric, value in scores.items()})
+  titles = {"knn": f"kNN (k={config.eval.knn_k}, T={config.eval.knn_temperature})",
+            "linear": "linear probe"}
+  for protocol, title in titles.items():
+    if protocol in results["pretrained"]:
+      summary = " | ".join(f"{name} {r[protocol]['top1']:.1%}" for name, r in results.items())
+      print(f"{title} top-1 on {config.data.dataset} {info.test_split}: {summary}", flush=True)
+  return results
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Pretrains (or resumes) in `workdir`; returns the final metrics and kNN results."""
+  """Pretrains (or resumes) in `workdir`; returns final metrics and evaluation results."""
   mesh_lib.initialize_distributed(config.distributed)
   mesh = mesh_lib.create_mesh(config.num_devices)
   info = validate_config(config, mesh.devices.size)
@@ -276,27 +301,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results = {"step": int(jax.device_get(state.step)), "final_metrics": last_scalars,
              "checkpoint": f"{ckpt.directory}/{ckpt.latest_step()}"}
 
-  evaluate = config.eval.knn or config.eval.linear
-  if evaluate and info.num_classes and info.test_split:
-    encoders = {"pretrained": trainer.method.encoder_variables(state.params["model"],
-                                                               state.batch_stats)}
-    if config.eval.compare_random_init:
-      encoders["random_init"] = trainer.random_encoder_variables(config.seed)
-    results["eval"] = trainer.evaluate_encoders(encoders)
-    writer.write_scalars(results["step"], {
-        f"eval/{protocol}_{name}_{metric}": value
-        for name, by_protocol in results["eval"].items()
-        for protocol, scores in by_protocol.items() for metric, value in scores.items()})
-    protocols = {"knn": f"kNN (k={config.eval.knn_k}, T={config.eval.knn_temperature})",
-                 "linear": "linear probe"}
-    for protocol, title in protocols.items():
-      if protocol in results["eval"]["pretrained"]:
-        summary = " | ".join(f"{name} {r[protocol]['top1']:.1%}"
-                             for name, r in results["eval"].items())
-        print(f"{title} top-1 on {config.data.dataset} {info.test_split}: {summary}", flush=True)
-  elif evaluate:
-    logging.info("Skipping the final evaluation: %s has no labelled test split.",
-                 config.data.dataset)
+  if config.eval.knn or config.eval.linear:
+    results["eval"] = final_evaluation(config, info, trainer, state, writer)
   writer.flush()
   ckpt.close()
   if jax.process_index() == 0:
