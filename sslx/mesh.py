@@ -45,12 +45,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
-  n = mesh.devices.size
-  if global_batch_size % n:
+def check_batch_size(global_batch_size: int, num_devices: int) -> None:
+  if global_batch_size % num_devices:
+    nearest = max(num_devices, global_batch_size // num_devices * num_devices)
     raise errors.ConfigError(
         f"config.batch_size={global_batch_size} is not divisible by the number of devices "
-        f"({n}); use a multiple of {n}, e.g. {max(n, global_batch_size // n * n)}.")
+        f"({num_devices}); use a multiple of {num_devices}, e.g. {nearest}.")
 
 
 def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

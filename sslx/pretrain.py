@@ -68,10 +68,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> data
     problems.append(f"config.dtype={config.dtype!r}; valid: float32, bfloat16, float16.")
   if config.train_steps < 1:
     problems.append(f"config.train_steps={config.train_steps}; it must be >= 1.")
-  if config.batch_size % num_devices:
-    problems.append(
-        f"config.batch_size={config.batch_size} is not divisible by the number of devices "
-        f"({num_devices}); use a multiple of {num_devices}.")
+  check(lambda: mesh_lib.check_batch_size(config.batch_size, num_devices))
   if config.batch_size % jax.process_count():
     problems.append(f"config.batch_size={config.batch_size} is not divisible by the number "
                     f"of processes ({jax.process_count()}).")

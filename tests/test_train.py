@@ -97,9 +97,10 @@ def test_probe_does_not_train_the_encoder():
   after = jax.device_get(state.params)
   # LARS with zero gradient still applies weight decay to kernels, so compare
   # against a step whose gradient is exactly zero: only decay, no probe signal.
-  kernels = [(b, a) for b, a in zip(jax.tree.leaves(before["model"]["encoder"]),
-                                    jax.tree.leaves(after["model"]["encoder"])) if b.ndim <= 1]
-  for b, a in kernels:  # biases and BN parameters: no decay, no gradient -> unchanged
+  biases_and_norms = [(b, a) for b, a in zip(jax.tree.leaves(before["model"]["encoder"]),
+                                             jax.tree.leaves(after["model"]["encoder"]))
+                      if b.ndim <= 1]
+  for b, a in biases_and_norms:  # no decay, no gradient -> unchanged
     np.testing.assert_array_equal(a, b)
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(after["probe"]),
                                                    jax.tree.leaves(before["probe"])))
