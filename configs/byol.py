@@ -30,9 +30,6 @@ import ml_collections
 
 from sslx import config_defaults
 
-_NUM_TRAIN = {"mnist5k": 4_000, "cifar10": 50_000, "cifar100": 50_000,
-              "imagenet2012": 1_281_167}
-
 
 def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
   c = config_defaults.base_config()
@@ -43,13 +40,11 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
       predictor_hidden_dim=4096,
       tau_base=0.996,  # EMA rate at step 0; cosine-increased to 1 at the end
   ))
+  config_defaults.apply_dataset_preset(c, preset, "configs/byol.py")
 
   if preset == "mnist5k":
-    # Sized for a 2-core CPU: about 20 epochs in a few minutes. The settings
-    # below were chosen by the runs listed in experiments/README.md.
-    c.data.dataset = "mnist5k"
-    c.data.image_size = 28
-    c.model.update(name="resnet10", width=0.25, stem="cifar")
+    # About 20 epochs in a few minutes on 2 cores. The settings below were
+    # chosen by the runs listed in experiments/README.md.
     c.batch_size = 128
     c.train_steps = 600
     c.byol.projector_hidden_dim = 1024
@@ -58,48 +53,22 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
     c.byol.tau_base = 0.99
     c.optimizer.update(base_learning_rate=2.0, weight_decay=1e-5,
                        trust_coefficient=0.02, warmup_epochs=2.0)
-    for v in (c.views.v1, c.views.v2):
-      # Crops below half the digit often cut it into an unrecognisable
-      # fragment; a flipped digit is another symbol; a 3 px blur kernel on a
-      # 28 px digit adds little. Colour ops act as brightness/contrast on grey.
-      v.crop_area_min = 0.5
-      v.flip_prob = 0.0
-      v.blur_prob = 0.0
+    # Colour ops act as brightness/contrast on grey digits.
+    config_defaults.keep_digits_whole(c)
     c.views.v2.solarize_prob = 0.2
-    # The memory bank is 4,000 images (400 per class): k=200 would reach
-    # half of a class, so use k=20.
-    c.eval.knn_k = 20
-    c.log_every_steps = 50
-    c.checkpoint_every_steps = 200
   elif preset in ("cifar10", "cifar100"):
-    c.data.dataset = preset
-    c.data.image_size = 32
-    c.model.update(name="resnet18", width=1.0, stem="cifar")
     c.batch_size = 256
-    c.train_steps = 1000 * _NUM_TRAIN[preset] // c.batch_size
+    c.train_steps = config_defaults.epochs_to_steps(1000, preset, c.batch_size)
     c.byol.tau_base = 0.99
     c.optimizer.update(base_learning_rate=1.0, weight_decay=1e-5,
                        trust_coefficient=0.02, warmup_epochs=10.0)
     for v in (c.views.v1, c.views.v2):
       v.blur_prob = 0.0
     c.views.v2.solarize_prob = 0.2
-    c.checkpoint_every_steps = 5000
   elif preset == "imagenet":
-    c.data.dataset = "imagenet2012"
-    c.data.image_size = 224
-    c.data.eval_crop_fraction = 0.875
-    c.data.cache = False
-    c.model.update(name="resnet50", width=1.0, stem="imagenet")
     c.batch_size = 4096
-    c.train_steps = 1000 * _NUM_TRAIN["imagenet2012"] // c.batch_size
+    c.train_steps = config_defaults.epochs_to_steps(1000, preset, c.batch_size)
     c.byol.tau_base = 0.996
     c.optimizer.update(base_learning_rate=0.2, weight_decay=1.5e-6,
                        trust_coefficient=0.001, warmup_epochs=10.0)
-    c.eval.max_train_examples = 100_000
-    c.checkpoint_every_steps = 5000
-    c.log_every_steps = 100
-  else:
-    raise ValueError(
-        f"Unknown preset {preset!r} for configs/byol.py; valid presets: "
-        "mnist5k, cifar10, cifar100, imagenet.")
   return c

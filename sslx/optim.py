@@ -29,9 +29,13 @@ def learning_rate_schedule(opt_config: ml_collections.ConfigDict, *, batch_size:
   """Linear warmup from 0, then cosine decay to `min_learning_rate_ratio` x peak."""
   peak = scaled_learning_rate(opt_config, batch_size)
   warmup = warmup_steps(opt_config, steps_per_epoch)
+  end_value = peak * opt_config.min_learning_rate_ratio
+  if warmup == 0:  # (optax's warmup schedule would log a warning for a 0-step warmup)
+    return optax.cosine_decay_schedule(init_value=peak, decay_steps=train_steps,
+                                       alpha=opt_config.min_learning_rate_ratio)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak, warmup_steps=warmup,
-      decay_steps=train_steps, end_value=peak * opt_config.min_learning_rate_ratio)
+      decay_steps=train_steps, end_value=end_value)
 
 
 def kernels_only(params):

@@ -76,6 +76,41 @@ def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir):
                          jax.tree.leaves(encoder["params"])[0])
 
 
+METHOD_FLAGS = {
+    "configs/simclr.py": ["--config.simclr.projector_hidden_dims=(32,)",
+                          "--config.simclr.projector_dim=16"],
+    "configs/moco.py": ["--config.moco.projector_hidden_dims=(32,)", "--config.moco.dim=16",
+                        "--config.moco.queue_size=64", "--config.moco.bn_groups=4"],
+    "configs/moco.py:v3": ["--config.moco.projector_hidden_dims=(32,)", "--config.moco.dim=16",
+                           "--config.moco.predictor_hidden_dims=(32,)"],
+    "configs/rotnet.py": [],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_arg", sorted(METHOD_FLAGS))
+def test_every_method_pretrains_checkpoints_and_evaluates(tmp_path, tfds_dir, config_arg):
+  workdir = str(tmp_path / "run")
+  cmd = [sys.executable, "main.py", f"--config={config_arg}", f"--workdir={workdir}",
+         f"--config.data.data_dir={tfds_dir}", "--config.model.name=resnet10",
+         "--config.model.width=0.125", "--config.batch_size=32", "--config.train_steps=2",
+         "--config.optimizer.warmup_epochs=0", "--config.eval.batch_size=256",
+         "--config.eval.linear=False", "--config.eval.max_train_examples=512",
+         "--config.log_every_steps=1", "--config.cpu_devices=2", *METHOD_FLAGS[config_arg]]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+  result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  method = config_arg.split("/")[1].split(".")[0]
+  assert f"{method} on mnist5k" in result.stderr
+  assert "kNN (k=20, T=0.1) top-1 on mnist5k test: pretrained" in result.stdout
+  results = json.load(open(os.path.join(workdir, "pretrain_results.json")))
+  assert results["step"] == 2 and np.isfinite(results["final_metrics"]["loss"])
+  # The evaluators' view of the checkpoint: the encoder alone, whatever the method.
+  encoder, config, step = checkpointing.load_encoder(workdir)
+  assert step == 2 and config["method"] == method
+  assert set(encoder) == {"params", "batch_stats"} and "stem_conv" in encoder["params"]
+
+
 def test_main_reports_bad_input_without_a_stack_trace(tmp_path, tfds_dir):
   workdir = tmp_path / "bad"
   result = _main(str(workdir), tfds_dir, "--config.method=byool")
@@ -86,7 +121,8 @@ def test_main_reports_bad_input_without_a_stack_trace(tmp_path, tfds_dir):
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (dict(method="simclrr"), ["Unknown method 'simclrr'", "valid methods: byol"]),
+    (dict(method="simclrr"), ["Unknown method 'simclrr'", "valid methods: byol, moco, rotnet, simclr"]),
+    (dict(method="simclr"), ["config.simclr", "configs/simclr.py"]),
     (dict(model=dict(name="resnet19")), ["resnet19", "resnet18", "resnet50"]),
     (dict(data=dict(dataset="cifar11")), ["cifar11", "cifar10", "mnist5k", "npz:", "folder:"]),
     (dict(batch_size=12, num_devices=8), ["batch_size=12", "8"]),

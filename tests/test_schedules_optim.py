@@ -33,6 +33,17 @@ def test_learning_rate_warmup_then_cosine_matches_formula():
     np.testing.assert_allclose(float(schedule(k)), expected, rtol=1e-5, atol=1e-7)
 
 
+def test_learning_rate_without_warmup_is_cosine_from_the_peak():
+  batch, total, ratio = 512, 300, 0.1
+  schedule = optim.learning_rate_schedule(
+      _opt_config(warmup_epochs=0.0, min_learning_rate_ratio=ratio), batch_size=batch,
+      train_steps=total, steps_per_epoch=10.0)
+  peak = 0.2 * batch / 256
+  for k in [0, 1, 150, 299, 300]:
+    expected = peak * (ratio + (1 - ratio) * 0.5 * (1 + np.cos(np.pi * k / total)))
+    np.testing.assert_allclose(float(schedule(k)), expected, rtol=1e-5, atol=1e-7)
+
+
 def test_byol_ema_rate_matches_paper_formula():
   total, base = 777, 0.996
   for k in [0, 1, 100, 388, 776, 777]:

@@ -32,7 +32,9 @@ def tiny_config(**overrides):
 def synthetic_batch(config, seed=0):
   rng = np.random.default_rng(seed)
   size = config.data.image_size
-  return {"images": rng.integers(0, 256, (config.batch_size, 2, size, size, 3), dtype=np.uint8),
+  views = len(config.views)
+  return {"images": rng.integers(0, 256, (config.batch_size, views, size, size, 3),
+                                 dtype=np.uint8),
           "label": rng.integers(0, 10, (config.batch_size,), dtype=np.int32)}
 
 

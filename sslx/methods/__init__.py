@@ -22,4 +22,8 @@ def get_method(config) -> base.SSLMethod:
   if name not in available():
     raise errors.ConfigError(
         f"Unknown method {name!r} (config.method); valid methods: {', '.join(available())}.")
+  if name not in config:
+    raise errors.ConfigError(
+        f"config.method={name!r} needs the config section config.{name}, which this config "
+        f"lacks; start from configs/{name}.py (--config=configs/{name}.py).")
   return importlib.import_module(f"sslx.methods.{name}").Method(config)

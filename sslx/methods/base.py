@@ -18,7 +18,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sslx import errors
 from sslx import models
+# x / ||x|| in float32: losses run at full precision whatever the compute dtype.
+from sslx.knn import l2_normalize  # pylint: disable=unused-import
 
 PyTree = Any
 
@@ -42,6 +45,13 @@ class SSLMethod(abc.ABC):
     self.config = config
     self.dtype = jnp.dtype(config.dtype)
     self.encoder = models.create_encoder(config.model, dtype=self.dtype)
+    self.feature_dim = models.feature_dim(config.model)
+    views = sorted(config.views.keys())
+    if len(views) != self.num_views:
+      raise errors.ConfigError(
+          f"method {config.method!r} takes {self.num_views} view(s) per image, but config.views "
+          f"defines {len(views)} ({', '.join(views) or 'none'}); start from configs/"
+          f"{config.method}.py, which sets the views the method needs.")
 
   @abc.abstractmethod
   def init(self, rng: jax.Array, images: jax.Array) -> tuple[PyTree, PyTree, PyTree]:
@@ -76,3 +86,14 @@ class SSLMethod(abc.ABC):
   def init_module(module, rng, x):
     variables = module.init(rng, x, train=False)
     return variables["params"], variables.get("batch_stats", {})
+
+  def init_encoder(self, rng, images):
+    """(params, batch_stats, zero features [B, D]) for the encoder, D = feature_dim."""
+    params, batch_stats = self.init_module(self.encoder, rng, images)
+    return params, batch_stats, jnp.zeros((images.shape[0], self.feature_dim), jnp.float32)
+
+  @staticmethod
+  def copy_of(tree: PyTree, keys) -> PyTree:
+    """A fresh copy of the sub-networks `keys` of `tree` (a momentum network's start)."""
+    return jax.tree.map(jnp.copy, {k: tree[k] for k in keys})
+

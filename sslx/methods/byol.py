@@ -24,12 +24,12 @@ from sslx import schedules
 from sslx.methods import base
 
 
+TARGET_NETWORKS = ("encoder", "projector")
+
+
 def regression_loss(prediction: jax.Array, target: jax.Array) -> jax.Array:
   """Per-example 2 - 2 cos(prediction, target), computed in float32."""
-  p = prediction.astype(jnp.float32)
-  t = target.astype(jnp.float32)
-  p = p / jnp.maximum(jnp.linalg.norm(p, axis=-1, keepdims=True), 1e-12)
-  t = t / jnp.maximum(jnp.linalg.norm(t, axis=-1, keepdims=True), 1e-12)
+  p, t = base.l2_normalize(prediction), base.l2_normalize(target)
   return 2.0 - 2.0 * jnp.sum(p * t, axis=-1)
 
 
@@ -49,20 +49,13 @@ class Method(base.SSLMethod):
   def init(self, rng, images):
     k_enc, k_proj, k_pred = jax.random.split(rng, 3)
     params, batch_stats = {}, {}
-    params["encoder"], batch_stats["encoder"] = self.init_module(self.encoder, k_enc, images)
-    features = jax.eval_shape(
-        lambda: self.encoder.apply({"params": params["encoder"],
-                                    "batch_stats": batch_stats["encoder"]}, images, train=False))
-    x = jnp.zeros(features.shape, jnp.float32)
+    params["encoder"], batch_stats["encoder"], x = self.init_encoder(k_enc, images)
     params["projector"], batch_stats["projector"] = self.init_module(self.projector, k_proj, x)
     z = jnp.zeros((x.shape[0], self.config.byol.projector_dim), jnp.float32)
     params["predictor"], batch_stats["predictor"] = self.init_module(self.predictor, k_pred, z)
     # The target starts as an exact copy of the online encoder and projector.
-    copy = lambda tree: jax.tree.map(jnp.copy, tree)
-    method_state = {
-        "target_params": copy({k: params[k] for k in ("encoder", "projector")}),
-        "target_batch_stats": copy({k: batch_stats[k] for k in ("encoder", "projector")}),
-    }
+    method_state = {"target_params": self.copy_of(params, TARGET_NETWORKS),
+                    "target_batch_stats": self.copy_of(batch_stats, TARGET_NETWORKS)}
     return params, batch_stats, method_state
 
   def _online(self, params, batch_stats, x):
@@ -106,6 +99,6 @@ class Method(base.SSLMethod):
 
   def post_step(self, params, method_state, step):
     tau = self.ema_rate(step)
-    online = {k: params[k] for k in ("encoder", "projector")}
+    online = {k: params[k] for k in TARGET_NETWORKS}
     target = schedules.ema_update(method_state["target_params"], online, tau)
     return dict(method_state, target_params=target)
