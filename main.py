@@ -1,8 +1,10 @@
-r"""sslx entry point: pretraining (and, later, evaluation) jobs chosen by config.
+r"""sslx entry point: pretraining and transfer-evaluation jobs chosen by config.
 
   python main.py --config=configs/byol.py --workdir=/tmp/byol
   python main.py --config=configs/byol.py:cifar10 --workdir=/tmp/byol_c10 \
       --config.batch_size=512 --config.train_steps=20000
+  python main.py --config=configs/linear_eval.py --workdir=/tmp/byol_linear \
+      --config.checkpoint=/tmp/byol
 
 `config.job` names the module under sslx/ that runs (default 'pretrain').
 """
@@ -22,7 +24,7 @@ from ml_collections import config_flags
 
 from sslx import errors
 
-JOBS = ("pretrain",)
+JOBS = ("pretrain", "knn_eval", "linear_eval", "finetune")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with a preset: configs/byol.py:cifar10.",

@@ -106,6 +106,9 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=512,
       max_train_examples=ml_collections.config_dict.placeholder(int),  # None: whole split
       compare_random_init=True,
+      # Also run the kNN / linear evaluation every this many steps (0: only at
+      # the end), to follow representation quality over training in TensorBoard.
+      every_steps=0,
   ))
 
   c.log_every_steps = 50

@@ -73,4 +73,5 @@ def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.n
     val_scores.append(_accuracy(params, x[val], np.asarray(y[val]), num_classes)["top1"])
   best_l2 = l2_grid[int(np.argmax(val_scores))]
   params = fit_logistic_regression(x, y, best_l2, num_classes=num_classes)
-  return {**_accuracy(params, tx, ty, num_classes), "l2": best_l2}
+  return {**_accuracy(params, tx, ty, num_classes), "l2": best_l2,
+          "train_top1": _accuracy(params, x, np.asarray(y), num_classes)["top1"]}

@@ -244,6 +244,18 @@ def final_evaluation(config, info: data.DatasetInfo, trainer: Trainer, state: Tr
   return results
 
 
+def periodic_evaluation(config, info, trainer: Trainer, state: TrainState, writer,
+                        step: int) -> None:
+  """The final evaluation's kNN / linear probe of the current encoder, logged at `step`."""
+  variables = trainer.method.encoder_variables(state.params["model"], state.batch_stats)
+  results = trainer.evaluate_encoders({"pretrained": variables})["pretrained"]
+  writer.write_scalars(step, {f"eval/{protocol}_pretrained_{metric}": value
+                              for protocol, scores in results.items()
+                              for metric, value in scores.items()})
+  logging.info("step %d: %s", step, " | ".join(f"{protocol} top-1 {scores['top1']:.1%}"
+                                               for protocol, scores in results.items()))
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pretrains (or resumes) in `workdir`; returns final metrics and evaluation results."""
   mesh_lib.initialize_distributed(config.distributed)
@@ -294,6 +306,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                f"The newest checkpoint is step {ckpt.latest_step()}.")
     if save:
       ckpt.save(state, config)
+    if (config.eval.every_steps and done % config.eval.every_steps == 0 and not is_last
+        and info.num_classes and info.test_split):
+      periodic_evaluation(config, info, trainer, state, writer, done)
   ckpt.wait()
   results = {"step": int(jax.device_get(state.step)), "final_metrics": last_scalars,
              "checkpoint": f"{ckpt.directory}/{ckpt.latest_step()}"}

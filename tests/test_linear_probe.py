@@ -15,7 +15,7 @@ def test_separable_features_reach_full_train_and_test_accuracy():
   train_acc = np.mean(np.argmax(x @ np.asarray(params["w"]) + np.asarray(params["b"]), 1) == y)
   assert train_acc == 1.0
   result = linear_probe.linear_probe_accuracy(x[:500], y[:500], x[500:], y[500:], num_classes=6)
-  assert result["top1"] == 1.0 and result["top5"] == 1.0
+  assert result["train_top1"] == 1.0 and result["top1"] == 1.0 and result["top5"] == 1.0
 
 
 def test_solution_is_the_regularised_optimum():

@@ -9,8 +9,10 @@ import jax
 import numpy as np
 import pytest
 
+from configs import knn_eval as knn_eval_config
 from sslx import checkpointing
 from sslx import errors
+from sslx import knn_eval
 from sslx import pretrain
 from tests.test_train import tiny_config
 
@@ -109,6 +111,12 @@ def test_every_method_pretrains_checkpoints_and_evaluates(tmp_path, tfds_dir, co
   encoder, config, step = checkpointing.load_encoder(workdir)
   assert step == 2 and config["method"] == method
   assert set(encoder) == {"params", "batch_stats"} and "stem_conv" in encoder["params"]
+  # The transfer evaluator takes every method's checkpoint.
+  eval_config = knn_eval_config.get_config()
+  eval_config.update(dict(checkpoint=workdir, labels_per_class=20))
+  eval_config.data.data_dir = tfds_dir
+  results = knn_eval.run(eval_config, str(tmp_path / "knn"))
+  assert results["method"] == method and results["step"] == 2 and results["num_labelled"] == 200
 
 
 def test_main_reports_bad_input_without_a_stack_trace(tmp_path, tfds_dir):

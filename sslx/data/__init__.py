@@ -20,6 +20,7 @@ except RuntimeError as _e:
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from sslx.data import mnist5k  # Registers the 'mnist5k' TFDS builder.
+from sslx.data import subsets
 from sslx.data.datasets import DatasetInfo
 from sslx.data.datasets import get_dataset_info
 from sslx.data.input_pipeline import make_eval_iterator
@@ -32,4 +33,5 @@ __all__ = [
     "make_eval_iterator",
     "make_pretrain_iterator",
     "num_eval_batches",
+    "subsets",
 ]

@@ -165,7 +165,8 @@ def get_dataset_info(data_config: Any) -> DatasetInfo:
 
 def load_split(data_config: Any, split: str, *, process_index: int,
                process_count: int, max_examples: int | None = None,
-               shuffle_files_seed: int | None = None) -> SplitSource:
+               shuffle_files_seed: int | None = None,
+               indices: np.ndarray | None = None) -> SplitSource:
   """Returns this process's shard of `split` (a name from `DatasetInfo`).
 
   Args:
@@ -178,8 +179,17 @@ def load_split(data_config: Any, split: str, *, process_index: int,
       sharding); None keeps all.
     shuffle_files_seed: TFDS only: shuffle the order of the files with this
       seed (the same order on every pass); None reads them in order.
+    indices: keep only these examples (sorted indices into the split in
+      stored order, e.g. a few-label subset), before `max_examples` and
+      sharding.
   """
   kind, arg = _parse_name(data_config.dataset)
+  if indices is not None:
+    indices = np.asarray(indices, np.int64)
+    if max_examples is not None:
+      indices = indices[:max_examples]
+  if kind == "tfds" and indices is not None:
+    return _tfds_subset(arg, data_config, split, indices, process_index, process_count)
   if kind == "tfds":
     builder = _tfds_builder(arg, data_config)
     if max_examples is not None:
@@ -220,6 +230,8 @@ def load_split(data_config: Any, split: str, *, process_index: int,
     x = arrays[f"x_{split}"]
     y = arrays.get(f"y_{split}")
     y = np.full(len(x), -1, np.int32) if y is None else y
+    if indices is not None:
+      x, y = x[_checked(indices, len(x), split)], y[indices]
     ds = tf.data.Dataset.from_tensor_slices({"image": x, "label": y})
     decode, shape = None, x.shape[1:]
   else:
@@ -228,12 +240,45 @@ def load_split(data_config: Any, split: str, *, process_index: int,
       raise ConfigError(f"{data_config.dataset} has no split {split!r}; it has "
                         f"{sorted(folder.splits)}.")
     paths, labels = folder.splits[split]
+    if indices is not None:
+      keep = _checked(indices, len(paths), split)
+      paths, labels = np.asarray(paths)[keep], np.asarray(labels)[keep]
     ds = tf.data.Dataset.from_tensor_slices({"image": paths, "label": labels})
     decode, shape = _decode_file, (None, None, 3)
   total = len(ds) if max_examples is None else min(max_examples, len(ds))
   ds = ds.take(total).shard(process_count, process_index)
   return SplitSource(ds, len(range(process_index, total, process_count)), total,
                      decode, tuple(shape))
+
+
+def _checked(indices: np.ndarray, size: int, split: str) -> np.ndarray:
+  if indices.size and (indices.min() < 0 or indices.max() >= size):
+    raise ConfigError(f"Subset indices out of range for split {split!r} of {size} examples.")
+  return indices
+
+
+def _tfds_subset(name: str, data_config: Any, split: str, indices: np.ndarray,
+                 process_index: int, process_count: int) -> SplitSource:
+  """The examples `indices` of a TFDS split, sharded over processes after selection.
+
+  Reads the split in stored order and keeps the chosen examples, so every
+  process sees the same numbering (the one `subsets.read_labels` uses).
+  """
+  builder = _tfds_builder(name, data_config)
+  size = _tfds_num_examples(builder, split)
+  keep = np.zeros([size], bool)
+  keep[_checked(indices, size, split)] = True
+  keep = tf.constant(keep)
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          read_config=tfds.ReadConfig(try_autocache=False),
+                          decoders={"image": tfds.decode.SkipDecoding()})
+  ds = ds.enumerate().filter(lambda i, ex: tf.gather(keep, i))
+  ds = ds.map(lambda i, ex: {"image": ex["image"], "label": tf.cast(ex["label"], tf.int32)})
+  ds = ds.shard(process_count, process_index)
+  image_feature = builder.info.features["image"]
+  total = int(len(indices))
+  return SplitSource(ds, len(range(process_index, total, process_count)), total,
+                     image_feature.decode_example, tuple(image_feature.shape))
 
 
 def _decode_file(path: tf.Tensor) -> tf.Tensor:

@@ -164,8 +164,12 @@ class _ViewSampler:
 def make_pretrain_iterator(
     data_config: Any, views_config: Any, *, global_batch_size: int, seed: int,
     start_step: int = 0, process_index: int | None = None,
-    process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    process_count: int | None = None, split: str | None = None,
+    indices: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Returns an infinite iterator of augmented pretraining batches.
+
+  Fine-tuning uses the same stream on labelled data: `split` names the split
+  (default: the dataset's pretraining split) and `indices` a subset of it.
 
   Args:
     data_config: `config.data`.
@@ -177,6 +181,8 @@ def make_pretrain_iterator(
       `start_step`-th batch on (for resuming from a checkpoint).
     process_index: this process; default `jax.process_index()`.
     process_count: number of processes; default `jax.process_count()`.
+    split: a split name of the dataset (e.g. its labelled train split).
+    indices: keep only these examples of the split (sorted indices).
 
   Yields:
     {'images': uint8 [B, V, S, S, 3], 'label': int32 [B]} with
@@ -203,14 +209,15 @@ def make_pretrain_iterator(
   seed = int(seed) % 2**63
   file_seed = int(np.random.SeedSequence([seed, process_index, 2])
                   .generate_state(1)[0]) % 2**31
+  split = split or info.pretrain_split
   src = datasets.load_split(
-      data_config, info.pretrain_split, process_index=process_index,
-      process_count=process_count, shuffle_files_seed=file_seed)
+      data_config, split, process_index=process_index,
+      process_count=process_count, shuffle_files_seed=file_seed, indices=indices)
   n = src.num_examples
   if n <= 0:
     raise ConfigError(
         f"Process {process_index} of {process_count} has no examples of "
-        f"{info.name} split {info.pretrain_split!r}.")
+        f"{info.name} split {split!r}.")
   par = _parallel(data_config)
   base, decode = src.dataset, src.decode
   if data_config.cache and decode is not None:
@@ -269,19 +276,22 @@ def make_pretrain_iterator(
 
 def num_eval_batches(data_config: Any, split: str, *, batch_size: int,
                      process_count: int | None = None,
-                     max_examples: int | None = None) -> int:
+                     max_examples: int | None = None,
+                     indices: np.ndarray | None = None) -> int:
   """Batches that `make_eval_iterator` yields, the same on every process."""
   _, process_count = _process(None, process_count)
   src = datasets.load_split(
       data_config, _eval_split(data_config, split), process_index=0,
-      process_count=process_count, max_examples=_max_examples(max_examples))
+      process_count=process_count, max_examples=_max_examples(max_examples),
+      indices=indices)
   return _num_batches(src.num_examples_total, process_count, batch_size)
 
 
 def make_eval_iterator(
     data_config: Any, split: str, *, batch_size: int,
     process_index: int | None = None, process_count: int | None = None,
-    max_examples: int | None = None) -> _SizedIterator:
+    max_examples: int | None = None,
+    indices: np.ndarray | None = None) -> _SizedIterator:
   """Returns one deterministic pass over a split, in stored order.
 
   Each process reads its own shard (`tfds.split_for_jax_process` or
@@ -294,7 +304,10 @@ def make_eval_iterator(
     batch_size: rows per batch on this process.
     process_index: this process; default `jax.process_index()`.
     process_count: number of processes; default `jax.process_count()`.
-    max_examples: read only the first N examples of the split.
+    max_examples: read only the first N examples of the split (of `indices`
+      when given).
+    indices: read only these examples of the split (sorted indices into it,
+      e.g. a few-label subset from `sslx.data.subsets`).
 
   Returns:
     An iterator with `len()` = `num_eval_batches(...)` of
@@ -313,7 +326,7 @@ def make_eval_iterator(
   src = datasets.load_split(
       data_config, _eval_split(data_config, split),
       process_index=process_index, process_count=process_count,
-      max_examples=_max_examples(max_examples))
+      max_examples=_max_examples(max_examples), indices=indices)
   num_batches = _num_batches(src.num_examples_total, process_count, batch_size)
   if src.num_examples > num_batches * batch_size:
     raise AssertionError(  # Shards are even, so this cannot happen.

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 
 from sslx import errors
 from sslx.models.heads import MLP
-from sslx.models.resnet import (STEMS, BasicBlock, Bottleneck, ResNet,
+from sslx.models.resnet import (LAYER_GROUPS, STEMS, BasicBlock, Bottleneck, ResNet,
                                 resnet10, resnet18, resnet34, resnet50,
                                 resnet101, resnet152, scaled_channels)
 
 __all__ = [
-    'MODELS', 'STEMS', 'MLP', 'ResNet', 'BasicBlock', 'Bottleneck',
+    'LAYER_GROUPS', 'MODELS', 'STEMS', 'MLP', 'ResNet', 'BasicBlock', 'Bottleneck',
     'create_encoder', 'feature_dim', 'scaled_channels', 'resnet10', 'resnet18',
     'resnet34', 'resnet50', 'resnet101', 'resnet152',
 ]
@@ -28,7 +28,7 @@ MODELS: dict[str, Callable[..., ResNet]] = {
 }
 
 
-def _build(model_config: Any, dtype: Any) -> ResNet:
+def _build(model_config: Any, dtype: Any, frozen_groups: int = 0) -> ResNet:
   """Validates the config and returns the (unbound) encoder module."""
   name = model_config.name
   if name not in MODELS:
@@ -49,10 +49,11 @@ def _build(model_config: Any, dtype: Any) -> ResNet:
   except TypeError as e:
     raise errors.ConfigError(f'Unknown dtype {dtype!r}.') from e
   return MODELS[name](width=width, stem=stem, dtype=dtype,
-                      zero_init_residual=zero_init_residual)
+                      zero_init_residual=zero_init_residual, frozen_groups=frozen_groups)
 
 
-def create_encoder(model_config: Any, dtype: Any = jnp.float32) -> nn.Module:
+def create_encoder(model_config: Any, dtype: Any = jnp.float32,
+                   frozen_groups: int = 0) -> nn.Module:
   """The encoder described by `model_config` (name, width, stem, ...).
 
   Args:
@@ -60,6 +61,7 @@ def create_encoder(model_config: Any, dtype: Any = jnp.float32) -> nn.Module:
       `width`, `stem` ('cifar' or 'imagenet') and optionally
       `zero_init_residual`.
     dtype: compute dtype (jnp.float32, jnp.bfloat16 or its name).
+    frozen_groups: freeze the first this many of LAYER_GROUPS (fine-tuning).
 
   Returns:
     An unbound flax module; `module.apply(vars, x, train=...)` gives [B, D]
@@ -68,7 +70,7 @@ def create_encoder(model_config: Any, dtype: Any = jnp.float32) -> nn.Module:
   Raises:
     errors.ConfigError: unknown name, stem or dtype, or a non-positive width.
   """
-  return _build(model_config, dtype)
+  return _build(model_config, dtype, frozen_groups)
 
 
 def feature_dim(model_config: Any) -> int:

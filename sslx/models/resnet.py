@@ -19,6 +19,7 @@ import functools
 from typing import Any, Callable, ClassVar, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from sslx import errors
@@ -32,6 +33,9 @@ STEMS = ('cifar', 'imagenet')
 # bottleneck expands its output by `expansion` on top of these.
 _STAGE_FILTERS = (64, 128, 256, 512)
 _STEM_FILTERS = 64
+# The encoder's layer groups in order, as fine-tuning names them: its
+# `train_from` option trains the named group and everything after it.
+LAYER_GROUPS = ('stem', 'stage1', 'stage2', 'stage3', 'stage4')
 
 # torchvision initialises convolutions with kaiming_normal_(mode='fan_out',
 # nonlinearity='relu'); matching it keeps activation scales (and thus the
@@ -166,6 +170,10 @@ class ResNet(nn.Module):
       float32 regardless; the returned features are float32.
     zero_init_residual: initialise the last BN scale of every residual branch
       to zero, so that each block starts as its shortcut (Goyal et al., 2017).
+    frozen_groups: fine-tuning: the first this many of LAYER_GROUPS ('stem',
+      'stage1', ..., 'stage4') run in inference mode even when train=True
+      (their BatchNorm uses and keeps its running statistics) and no gradient
+      flows back into them. 0 (default) trains everything.
   """
 
   stage_sizes: Sequence[int]
@@ -174,6 +182,7 @@ class ResNet(nn.Module):
   stem: str = 'cifar'
   dtype: Dtype = jnp.float32
   zero_init_residual: bool = False
+  frozen_groups: int = 0
 
   @property
   def feature_dim(self) -> int:
@@ -192,20 +201,31 @@ class ResNet(nn.Module):
     if x.ndim != 4:
       raise ValueError(f'ResNet expects images [B, H, W, C], got {x.shape}.')
 
+    if not 0 <= self.frozen_groups <= len(LAYER_GROUPS):
+      raise errors.ConfigError(
+          f'frozen_groups must be in [0, {len(LAYER_GROUPS)}], got {self.frozen_groups}.')
+
+    def group_done(x, group):
+      # Nothing before the first trainable group gets a gradient.
+      return jax.lax.stop_gradient(x) if group + 1 == self.frozen_groups else x
+
     x = jnp.asarray(x, self.dtype)
     stem_ch = scaled_channels(_STEM_FILTERS, self.width)
+    stem_train = train and self.frozen_groups == 0
     if self.stem == 'imagenet':
       x = _conv(stem_ch, 7, 2, self.dtype, 'stem_conv')(x)
     else:
       x = _conv(stem_ch, 3, 1, self.dtype, 'stem_conv')(x)
-    x = _batch_norm(self.dtype, train, 'stem_bn')(x)
+    x = _batch_norm(self.dtype, stem_train, 'stem_bn')(x)
     x = nn.relu(x)
     if self.stem == 'imagenet':
       # Padding 1 as in PyTorch; inputs are post-ReLU (>= 0) so padding with
       # -inf or 0 gives the same maxima.
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = group_done(x, 0)
 
     for i, num_blocks in enumerate(self.stage_sizes):
+      stage_train = train and self.frozen_groups <= i + 1
       for j in range(num_blocks):
         # The first stage keeps the resolution (the stem already reduced it).
         strides = 2 if i > 0 and j == 0 else 1
@@ -216,7 +236,8 @@ class ResNet(nn.Module):
             dtype=self.dtype,
             zero_init_residual=self.zero_init_residual,
             name=f'stage{i + 1}_block{j}',
-        )(x, train)
+        )(x, stage_train)
+      x = group_done(x, i + 1)
 
     # Pool in float32: a bfloat16 mean over H*W terms would lose precision,
     # and downstream losses, probes and kNN all want float32 features.

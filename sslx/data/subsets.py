@@ -1,0 +1,77 @@
+"""Few-label subsets: a stratified, seeded choice of labelled training examples.
+
+Semi-supervised transfer (SimCLR's and BYOL's 1% and 10% ImageNet tables)
+trains on a fraction of the labels. For the comparison to mean anything every
+method must see the same images, so the subset here is a pure function of the
+split's labels, the requested size and the seed: nothing about the method,
+the checkpoint, the device count or the order in which classes are visited.
+
+Per class c with n_c examples, `fraction` keeps max(1, round(fraction * n_c))
+of them and `per_class` keeps min(per_class, n_c); which ones is a permutation
+of the class's indices drawn from numpy's generator seeded with (seed, c).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sslx.data import datasets
+from sslx.errors import ConfigError
+
+
+def stratified_subset(labels: np.ndarray, *, fraction: float | None = None,
+                      per_class: int | None = None, seed: int = 0) -> np.ndarray:
+  """Sorted indices into `labels` of a class-stratified subset.
+
+  Args:
+    labels: int labels [N] of the whole labelled split (in stored order);
+      negative labels (unlabelled) are never chosen.
+    fraction: keep this fraction of every class, in (0, 1].
+    per_class: keep this many examples of every class (all of a smaller one).
+    seed: the subset is a function of (labels, fraction or per_class, seed).
+
+  Raises:
+    ConfigError: neither or both of fraction / per_class, or out of range.
+  """
+  if (fraction is None) == (per_class is None):
+    raise ConfigError("Give exactly one of label_fraction and labels_per_class "
+                      f"(got {fraction} and {per_class}).")
+  if fraction is not None and not 0.0 < fraction <= 1.0:
+    raise ConfigError(f"label_fraction must be in (0, 1], got {fraction}.")
+  if per_class is not None and per_class < 1:
+    raise ConfigError(f"labels_per_class must be >= 1, got {per_class}.")
+  labels = np.asarray(labels)
+  chosen = []
+  for c in np.unique(labels[labels >= 0]):
+    members = np.flatnonzero(labels == c)
+    count = (min(per_class, len(members)) if per_class is not None
+             else max(1, int(round(fraction * len(members)))))
+    order = np.random.default_rng([int(seed) % 2**32, int(c)]).permutation(len(members))
+    chosen.append(members[order[:count]])
+  return np.sort(np.concatenate(chosen)) if chosen else np.zeros([0], np.int64)
+
+
+def read_labels(data_config: Any, split: str) -> np.ndarray:
+  """All labels of `split` (a dataset split name), in stored order, without decoding images."""
+  src = datasets.load_split(data_config, split, process_index=0, process_count=1)
+  labels = src.dataset.map(lambda ex: ex["label"]).batch(8192)
+  return np.concatenate([np.zeros([0], np.int32), *labels.as_numpy_iterator()])
+
+
+def label_subset(data_config: Any, split: str, *, fraction: float | None,
+                 per_class: int | None, seed: int) -> np.ndarray | None:
+  """Indices of the few-label subset of `split`, or None for all of it.
+
+  `per_class`, when given, takes precedence over `fraction`; `fraction` 1.0
+  (or None) with no `per_class` means the whole split.
+  """
+  if per_class is not None:
+    fraction = None
+  elif fraction is None or fraction == 1.0:
+    return None
+  labels = read_labels(data_config, split)
+  if labels.size and labels.max() < 0:
+    raise ConfigError(f"{data_config.dataset} split {split!r} has no labels to subsample.")
+  return stratified_subset(labels, fraction=fraction, per_class=per_class, seed=seed)

@@ -1,0 +1,53 @@
+"""kNN evaluation of a frozen encoder from any sslx checkpoint.
+
+    python main.py --config=configs/knn_eval.py --workdir=/tmp/eval_knn \\
+        --config.checkpoint=/tmp/byol
+
+Features of centre crops (inference-mode BatchNorm) of the labelled train
+subset form the memory bank; each test image is classified by weighted
+voting of its k most cosine-similar bank images (sslx/knn.py; Wu et al., 2018).
+"""
+
+import ml_collections
+
+from sslx import data
+from sslx import errors
+from sslx import knn
+from sslx import mesh as mesh_lib
+from sslx import transfer
+
+
+def validate(config) -> None:
+  problems = []
+  if config.knn.k < 1:
+    problems.append(f"config.knn.k={config.knn.k}; it must be >= 1.")
+  if not config.knn.temperature > 0:
+    problems.append(f"config.knn.temperature={config.knn.temperature}; it must be > 0.")
+  if problems:
+    raise errors.ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  validate(config)
+  if config.checkpoint == transfer.SCRATCH:
+    raise errors.ConfigError("checkpoint=scratch trains an encoder; kNN evaluates a frozen one. "
+                             "Use checkpoint=random for the untrained baseline.")
+  mesh_lib.initialize_distributed(config.distributed)
+  mesh = mesh_lib.create_mesh(config.num_devices)
+  mesh_lib.check_batch_size(config.eval.batch_size, mesh.devices.size)
+  backbone = transfer.load_backbone(config)
+  transfer.check_workdir(workdir, backbone)
+  data_config = transfer.resolve_data_config(config, backbone)
+  info = data.get_dataset_info(data_config)
+  subset = transfer.labelled_subset(config, data_config, info)
+
+  extract = transfer.FeatureExtractor(backbone, info, data_config, mesh)
+  bank_x, bank_y = extract("train", batch_size=config.eval.batch_size, indices=subset)
+  test_x, test_y = extract("test", batch_size=config.eval.batch_size)
+  scores = knn.knn_accuracy(bank_x, bank_y, test_x, test_y, k=config.knn.k,
+                            temperature=config.knn.temperature, num_classes=info.num_classes)
+  results = dict(protocol="knn", **scores, **transfer.describe(config, backbone, info, len(bank_y)),
+                 k=min(config.knn.k, len(bank_y)), temperature=config.knn.temperature)
+  transfer.write_results(workdir, results, transfer.summary_line(
+      f"kNN (k={results['k']}, T={config.knn.temperature})", results))
+  return results

@@ -1,0 +1,241 @@
+"""What the transfer evaluators share: the encoder to evaluate, data, results.
+
+The evaluators (`knn_eval`, `linear_eval`, `finetune`) are method-agnostic:
+they read only the encoder and the config of a pretraining checkpoint
+(`checkpointing.load_encoder`, read-only), so they work for every method.
+
+`config.checkpoint` is one of
+  PRETRAIN_WORKDIR                    its newest checkpoint (or the step in
+                                      `config.checkpoint_step`)
+  PRETRAIN_WORKDIR/checkpoints/STEP   that step
+  random                              a randomly initialised encoder (seed
+                                      `config.seed`), the baseline of every table
+  scratch                             fine-tuning only: random init, and every
+                                      layer trained at the head's learning rate
+                                      (supervised training from scratch)
+The architecture comes from the checkpoint; `config.model` fields left at None
+follow it, fields that are set must agree with it. For random/scratch, None
+fields (and `data.image_size`) come from `config.random_init_defaults`, the
+evaluation preset's usual architecture.
+"""
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sslx import augment
+from sslx import checkpointing
+from sslx import data
+from sslx import errors
+from sslx import knn
+from sslx import mesh as mesh_lib
+from sslx import models
+
+PyTree = Any
+RANDOM, SCRATCH = "random", "scratch"
+MODEL_FIELDS = ("name", "width", "stem", "zero_init_residual")
+
+
+@dataclasses.dataclass
+class Backbone:
+  """The encoder under evaluation and where it came from."""
+  model_config: ml_collections.ConfigDict  # the architecture (MODEL_FIELDS)
+  variables: PyTree  # {'params', 'batch_stats'}, on the local device
+  source: dict[str, Any]  # checkpoint path, step, method, pretraining data
+
+
+def parse_checkpoint(spec: str | None, step: int | None) -> tuple[str, int | None]:
+  """`config.checkpoint` (and `checkpoint_step`) -> (workdir or 'random'/'scratch', step)."""
+  if not spec:
+    raise errors.ConfigError(
+        "config.checkpoint is not set: give a pretraining workdir "
+        "(--config.checkpoint=/tmp/byol), one of its steps (/tmp/byol/checkpoints/600), "
+        "or 'random' for a randomly initialised encoder.")
+  if spec in (RANDOM, SCRATCH):
+    return spec, None
+  path = os.path.abspath(os.path.expanduser(spec.rstrip("/")))
+  match = re.fullmatch(r"(.*)/checkpoints/(\d+)", path)
+  if match:
+    if step is not None and step != int(match.group(2)):
+      raise errors.ConfigError(f"config.checkpoint names step {match.group(2)} but "
+                               f"config.checkpoint_step={step}; give one of them.")
+    return match.group(1), int(match.group(2))
+  return path, step
+
+
+def _model_from(config, checkpoint_model: dict | None) -> ml_collections.ConfigDict:
+  """The architecture: the checkpoint's (or the default), checked against set config fields."""
+  base = dict(config.random_init_defaults.model.to_dict() if checkpoint_model is None
+              else checkpoint_model)
+  base.setdefault("zero_init_residual", False)
+  asked = {k: config.model.get(k) for k in MODEL_FIELDS if config.model.get(k) is not None}
+  if checkpoint_model is not None:
+    differs = {k: v for k, v in asked.items() if base.get(k) != v}
+    if differs:
+      got = ", ".join(f"{k}={base.get(k)!r}" for k in differs)
+      want = ", ".join(f"model.{k}={v!r}" for k, v in differs.items())
+      raise errors.CheckpointError(
+          f"The checkpoint {config.checkpoint} holds a different architecture ({got}) than the "
+          f"config asks for ({want}). Leave config.model unset to use the checkpoint's.")
+  base.update(asked)
+  return ml_collections.ConfigDict({k: base[k] for k in MODEL_FIELDS})
+
+
+def load_backbone(config) -> Backbone:
+  """The encoder named by `config.checkpoint`, with its architecture and provenance."""
+  workdir, step = parse_checkpoint(config.checkpoint, config.get("checkpoint_step"))
+  if workdir in (RANDOM, SCRATCH):
+    model_config = _model_from(config, None)
+    encoder = models.create_encoder(model_config)
+    size = config.data.image_size or config.random_init_defaults.image_size
+    variables = encoder.init(jax.random.PRNGKey(config.seed + 1),
+                             jnp.zeros((1, size, size, 3)), train=False)
+    return Backbone(model_config, dict(variables), dict(
+        checkpoint=workdir, step=None, method=None, pretrain_dataset=None,
+        pretrain_image_size=None))
+  variables, pretrain_config, step = checkpointing.load_encoder(workdir, step)
+  model_config = _model_from(config, pretrain_config["model"])
+  _check_shapes(model_config, variables, f"{workdir}/checkpoints/{step}")
+  return Backbone(model_config, variables, dict(
+      checkpoint=f"{checkpointing.checkpoint_dir(workdir)}/{step}", step=step,
+      method=pretrain_config.get("method"),
+      pretrain_dataset=pretrain_config["data"]["dataset"],
+      pretrain_image_size=pretrain_config["data"]["image_size"]))
+
+
+def _check_shapes(model_config, variables, where: str) -> None:
+  """The restored tree must be exactly what the architecture's init would build."""
+  encoder = models.create_encoder(model_config)
+  expected = jax.eval_shape(lambda: encoder.init(jax.random.PRNGKey(0),
+                                                 jnp.zeros((1, 32, 32, 3)), train=False))
+  shape_of = lambda tree: {"/".join(str(getattr(k, "key", k)) for k in path): tuple(v.shape)
+                           for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+  want, got = shape_of(dict(expected)), shape_of(variables)
+  if want != got:
+    diff = sorted(set(want.items()) ^ set(got.items()))[:4]
+    raise errors.CheckpointError(
+        f"The encoder in {where} does not match its recorded architecture "
+        f"({model_config.name}, width {model_config.width}, stem {model_config.stem}); first "
+        f"differences (path, shape): {diff}. The checkpoint may be corrupt.")
+
+
+def resolve_data_config(config, backbone: Backbone) -> ml_collections.ConfigDict:
+  """`config.data` with the image size filled in: by default the pretraining size.
+
+  Images of another size are resized (shorter side, then centre crop) to
+  `data.image_size`; leaving it None uses the size the encoder was pretrained
+  at, the usual transfer setting for ResNets.
+  """
+  data_config = ml_collections.ConfigDict(config.data.to_dict())
+  if data_config.image_size is None:
+    data_config.image_size = (backbone.source["pretrain_image_size"]
+                              or config.random_init_defaults.image_size)
+  elif (backbone.source["pretrain_image_size"]
+        and data_config.image_size != backbone.source["pretrain_image_size"]):
+    logging.warning("Evaluating at %d px an encoder pretrained at %d px (config.data.image_size).",
+                    data_config.image_size, backbone.source["pretrain_image_size"])
+  return data_config
+
+
+def labelled_subset(config, data_config, info: data.DatasetInfo) -> np.ndarray | None:
+  """Indices of the few-label training subset (None: every labelled example)."""
+  if not info.num_classes or info.train_split is None:
+    raise errors.ConfigError(f"{info.name} has no labelled train split to evaluate with.")
+  if info.test_split is None:
+    raise errors.ConfigError(f"{info.name} has no test split to evaluate on.")
+  return data.subsets.label_subset(data_config, info.train_split,
+                                    fraction=config.label_fraction,
+                                    per_class=config.get("labels_per_class"), seed=config.seed)
+
+
+class FeatureExtractor:
+  """Frozen-encoder features (inference-mode BN, centre crops) for whole splits."""
+
+  def __init__(self, backbone: Backbone, info: data.DatasetInfo, data_config, mesh,
+               dtype=jnp.float32):
+    self.encoder = models.create_encoder(backbone.model_config, dtype=dtype)
+    self.variables = mesh_lib.replicate(backbone.variables, mesh)
+    self.data_config, self.info, self.mesh = data_config, info, mesh
+    encoder, mean, std = self.encoder, info.mean, info.std
+
+    @jax.jit
+    def embed(variables, images):
+      x = augment.normalize(augment.to_float01(images), mean, std, dtype)
+      return encoder.apply(variables, x, train=False)
+    self._embed = embed
+
+  def __call__(self, split: str, *, batch_size: int, indices=None, max_examples=None):
+    """(features [N, D] float32, labels [N]) of `split` ('train' or 'test')."""
+    it = data.make_eval_iterator(self.data_config, split,
+                                 batch_size=batch_size // jax.process_count(),
+                                 indices=indices, max_examples=max_examples)
+    return knn.extract_features(lambda x: self._embed(self.variables, x), it, self.mesh)
+
+
+def top1_top5(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
+  """Top-1 (and top-5 where there are more than 5 classes) accuracy of class scores [N, C]."""
+  ranked = np.argsort(-np.asarray(scores), axis=-1, kind="stable")
+  out = {"top1": float(np.mean(ranked[:, 0] == labels))}
+  if num_classes > 5:
+    out["top5"] = float(np.mean(np.any(ranked[:, :5] == labels[:, None], axis=1)))
+  return out
+
+
+def describe(config, backbone: Backbone, info: data.DatasetInfo, num_labelled: int) -> dict:
+  """The provenance fields every eval_results.json carries."""
+  return dict(
+      checkpoint=backbone.source["checkpoint"], step=backbone.source["step"],
+      method=backbone.source["method"], pretrain_dataset=backbone.source["pretrain_dataset"],
+      model=backbone.model_config.to_dict(), dataset=info.name, split=info.test_split,
+      train_split=info.train_split,
+      label_fraction=None if config.get("labels_per_class") else config.label_fraction,
+      labels_per_class=config.get("labels_per_class"), num_labelled=int(num_labelled),
+      seed=config.seed)
+
+
+def check_workdir(workdir: str, backbone: Backbone) -> None:
+  """The evaluator writes beside, never into, the pretraining run."""
+  ckpt = backbone.source["checkpoint"]
+  if ckpt not in (RANDOM, SCRATCH):
+    pretrain_workdir = os.path.dirname(os.path.dirname(ckpt))
+    if os.path.abspath(workdir) == pretrain_workdir:
+      raise errors.ConfigError(
+          f"--workdir is the pretraining workdir {pretrain_workdir}; give the evaluation its own "
+          f"directory (e.g. {pretrain_workdir}/eval_{{protocol}}) so it cannot touch the "
+          "pretraining checkpoints or logs.")
+
+
+def write_results(workdir: str, results: dict, summary: str) -> None:
+  """eval_results.json, TensorBoard scalars (at the checkpoint's step) and one printed line."""
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "eval_results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    writer = metric_writers.SummaryWriter(workdir)
+    scalars = {f"eval/{results['protocol']}_{k}": v for k, v in results.items()
+               if k in ("top1", "top5") or k.startswith("train_top1")}
+    writer.write_scalars(int(results.get("step") or 0), scalars)
+    writer.flush()
+    writer.close()
+  print(summary, flush=True)
+
+
+def summary_line(protocol: str, results: dict) -> str:
+  top5 = f", top-5 {results['top5']:.1%}" if "top5" in results else ""
+  labels = (f"{results['labels_per_class']} labels per class" if results["labels_per_class"]
+            else f"{results['label_fraction']:.0%} of labels")
+  source = ("random init" if results["checkpoint"] == RANDOM
+            else "from scratch" if results["checkpoint"] == SCRATCH
+            else f"{results['checkpoint']} ({results['method']})")
+  return (f"{protocol} on {results['dataset']} {results['split']}: top-1 {results['top1']:.1%}"
+          f"{top5} | {labels} ({results['num_labelled']} images), seed {results['seed']} | "
+          f"{source}")

@@ -1,0 +1,138 @@
+"""End to end: a tiny pretraining, then every evaluator through main.py; bad input fails cleanly."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sslx import errors
+from sslx import knn_eval
+from sslx import linear_eval
+from tests.test_main import REPO, _main
+from configs import knn_eval as knn_eval_config
+
+TINY_EVAL = ["--config.eval.batch_size=256", "--config.batch_size=64",
+             "--config.log_every_steps=5", "--config.cpu_devices=2"]
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, tfds_dir):
+  workdir = str(tmp_path_factory.mktemp("pretrain"))
+  result = _main(workdir, tfds_dir, "--config.train_steps=2", "--config.cpu_devices=2",
+                 "--config.eval.knn=False", "--config.eval.linear=False")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def _tree_digest(directory):
+  digest = hashlib.sha256()
+  for root, dirs, files in sorted(os.walk(directory)):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      digest.update(path.encode())
+      digest.update(open(path, "rb").read())
+  return digest.hexdigest()
+
+
+def _evaluate(config_file, workdir, tfds_dir, *flags):
+  cmd = [sys.executable, "main.py", f"--config={config_file}", f"--workdir={workdir}",
+         f"--config.data.data_dir={tfds_dir}", *TINY_EVAL, *flags]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+RUNS = {
+    "knn": ("configs/knn_eval.py", []),
+    "linear": ("configs/linear_eval.py", []),
+    "linear_augmented": ("configs/linear_eval.py", [
+        "--config.linear.augment=True", "--config.linear.epochs=0.2",
+        "--config.linear.learning_rates=(0.1,1.0)", "--config.linear.weight_decays=(0.0,)"]),
+    "finetune": ("configs/finetune.py", [
+        "--config.label_fraction=0.1", "--config.finetune.epochs=0.5",
+        "--config.finetune.train_from=stage2"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_evaluator_reads_the_checkpoint_and_writes_results(tmp_path, tfds_dir, pretrained, name):
+  config_file, flags = RUNS[name]
+  before = _tree_digest(os.path.join(pretrained, "checkpoints"))
+  workdir = str(tmp_path / name)
+  result = _evaluate(config_file, workdir, tfds_dir, f"--config.checkpoint={pretrained}", *flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  results = json.load(open(os.path.join(workdir, "eval_results.json")))
+  assert results["checkpoint"] == os.path.join(pretrained, "checkpoints", "2")
+  assert results["step"] == 2 and results["method"] == "byol"
+  assert results["dataset"] == "mnist5k" and results["split"] == "test"
+  assert results["seed"] == 0 and results["model"]["name"] == "resnet10"
+  # mnist5k has 10 classes, so top-5 is reported; 10% of 4,000 is 400 images.
+  assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
+  expected_labelled = 400 if name == "finetune" else 4000
+  assert results["num_labelled"] == expected_labelled
+  if name == "linear_augmented":
+    assert len(results["sweep"]) == 2 and results["num_holdout"] == 400
+    assert results["holdout_top1"] == max(r["holdout_top1"] for r in results["sweep"])
+  assert f"top-1 {results['top1']:.1%}" in result.stdout
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  # The evaluator only read the pretraining checkpoint.
+  assert _tree_digest(os.path.join(pretrained, "checkpoints")) == before
+
+
+@pytest.mark.slow
+def test_random_and_scratch_baselines(tmp_path, tfds_dir):
+  knn_dir, ft_dir = str(tmp_path / "knn_random"), str(tmp_path / "ft_scratch")
+  knn = _evaluate("configs/knn_eval.py", knn_dir, tfds_dir, "--config.checkpoint=random",
+                  "--config.model.width=0.125", "--config.labels_per_class=5")
+  assert knn.returncode == 0, knn.stderr[-3000:]
+  results = json.load(open(os.path.join(knn_dir, "eval_results.json")))
+  assert results["checkpoint"] == "random" and results["step"] is None
+  assert results["num_labelled"] == 50 and results["model"]["width"] == 0.125
+  assert "random init" in knn.stdout
+  scratch = _evaluate("configs/finetune.py", ft_dir, tfds_dir, "--config.checkpoint=scratch",
+                      "--config.model.width=0.125", "--config.labels_per_class=5",
+                      "--config.finetune.epochs=2")
+  assert scratch.returncode == 0, scratch.stderr[-3000:]
+  results = json.load(open(os.path.join(ft_dir, "eval_results.json")))
+  assert results["backbone_lr_ratio"] == 1.0 and results["train_from"] == "stem"
+  assert "supervised from scratch" in scratch.stdout
+
+
+def _config(checkpoint, tfds_dir, **overrides):
+  c = knn_eval_config.get_config()
+  c.checkpoint = checkpoint
+  c.data.data_dir = tfds_dir
+  c.update(overrides)
+  return c
+
+
+@pytest.mark.slow
+def test_bad_checkpoints_give_clear_errors(tmp_path, tfds_dir, pretrained):
+  with pytest.raises(errors.CheckpointError, match="No checkpoints under"):
+    knn_eval.run(_config(str(tmp_path / "nothing"), tfds_dir), str(tmp_path / "e1"))
+  with pytest.raises(errors.CheckpointError, match=r"available steps: \[2\]"):
+    knn_eval.run(_config(pretrained, tfds_dir, checkpoint_step=7), str(tmp_path / "e2"))
+  c = _config(pretrained, tfds_dir)
+  c.model.name = "resnet50"
+  with pytest.raises(errors.CheckpointError, match="name='resnet10'.*model.name='resnet50'"):
+    knn_eval.run(c, str(tmp_path / "e3"))
+  with pytest.raises(errors.ConfigError, match="pretraining workdir"):
+    knn_eval.run(_config(pretrained, tfds_dir), pretrained)
+  with pytest.raises(errors.ConfigError, match="checkpoint=scratch trains an encoder"):
+    linear_eval.run(_config("scratch", tfds_dir), str(tmp_path / "e4"))
+
+
+def test_main_reports_a_missing_checkpoint_without_a_stack_trace(tmp_path, tfds_dir):
+  result = _evaluate("configs/linear_eval.py", str(tmp_path / "e"), tfds_dir,
+                     f"--config.checkpoint={tmp_path / 'missing'}")
+  assert result.returncode == 2
+  assert "No checkpoints under" in result.stderr and "Traceback" not in result.stderr
