@@ -23,6 +23,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from sslx import errors
+from sslx import mesh
 
 JOBS = ("pretrain", "knn_eval", "linear_eval", "finetune")
 
@@ -33,31 +34,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _split_cpu_into_devices(config) -> None:
-  """Data parallelism over CPU cores: one XLA host device per core.
-
-  XLA's CPU backend keeps about one core busy per device for small convnets
-  (measured: a lone BYOL run used 1 of 2 cores; two devices ran the quick
-  start ~30% faster, experiments/README.md). This only affects the host
-  platform: on GPU/TPU machines jax.devices() is unchanged. It must run before
-  JAX initialises its backends, which nothing has done yet at this point.
-  """
-  flags_now = os.environ.get("XLA_FLAGS", "")
-  if "xla_force_host_platform_device_count" in flags_now:
-    return
-  count = config.get("cpu_devices", 0)
-  if not count:
-    batches = (config.batch_size, config.get("eval", {}).get("batch_size", config.batch_size))
-    count = max(d for d in range(1, (os.cpu_count() or 1) + 1)
-                if all(b % d == 0 for b in batches))
-  os.environ["XLA_FLAGS"] = f"{flags_now} --xla_force_host_platform_device_count={count}".strip()
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   config = _CONFIG.value
-  _split_cpu_into_devices(config)
+  mesh.split_cpu_into_devices(config)
   job = config.get("job", "pretrain")
   try:
     if job not in JOBS:

@@ -1,0 +1,214 @@
+r"""Throughput of the train step, the input pipeline, and both together.
+
+  python experiments/benchmark.py --config=configs/byol.py
+  python experiments/benchmark.py --config=configs/byol.py:cifar10 --config.batch_size=256
+  python experiments/benchmark.py --config=configs/byol.py:imagenet --config.batch_size=256 \
+      --config.dtype=bfloat16 --what=step            # synthetic batches, no ImageNet needed
+  python experiments/benchmark.py --config=configs/byol.py:cifar10 --what=input --cores=1
+
+It takes the same `--config` and `--config.x=y` overrides as main.py and
+measures, after warm-up, for --seconds each:
+
+  step        the jitted train step (augmentation on device, loss, update)
+              on one synthetic uint8 batch kept on device: images/s, compile
+              time, model FLOPs per image from XLA's cost analysis, MFU where
+              the device's peak is known, peak device memory (host RSS on CPU).
+  input       the tf.data pipeline alone (decode, crop, flip, batch) on this
+              host's cores: two-view batches/s as images/s.
+  end_to_end  pipeline -> device -> step, as main.py runs it; the slower of
+              `step` and `input` is named the bottleneck.
+
+Images are source images (each gives the method's views). One JSON line per
+measurement goes to stdout (and --out), then a Markdown table. `--cores=N`
+pins the process to N cores before TensorFlow and XLA start, so their thread
+pools are sized to N (1 vs 2 cores: the pipeline's scaling).
+"""
+
+import os
+import sys
+
+# Pin before TensorFlow / XLA create their thread pools (they size them then).
+for _arg in sys.argv:
+  if _arg.startswith("--cores="):
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:int(_arg.split("=")[1])]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import json  # pylint: disable=g-import-not-at-top,wrong-import-position
+import resource
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import numpy as np
+from ml_collections import config_flags
+
+from sslx import config_defaults
+from sslx import data
+from sslx import errors
+from sslx import mesh as mesh_lib
+from sslx import pretrain
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, as for main.py.",
+                                          lock_config=True)
+_WHAT = flags.DEFINE_list("what", ["step", "input", "end_to_end"], "Measurements to make.")
+_SECONDS = flags.DEFINE_float("seconds", 15.0, "Measuring time per measurement (after warm-up).")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps/batches before measuring.")
+_CORES = flags.DEFINE_integer("cores", None, "Pin to this many cores (parsed before imports).")
+_OUT = flags.DEFINE_string("out", None, "Append the JSON lines to this file.")
+flags.mark_flags_as_required(["config"])
+
+# Dense peak FLOP/s per JAX device, by device_kind substring and compute dtype.
+# NVIDIA H100/H200 SXM datasheet: 989 TFLOP/s bf16, 495 TF32 (float32 matmuls
+# run as TF32 by default in XLA on GPU). TPU: per chip as JAX sees it (v3:
+# 2 devices per chip, 123 TFLOP/s bf16 per chip; v4: 275; v5e: 197).
+PEAK_FLOPS = {
+    ("H100", "bfloat16"): 989e12, ("H100", "float32"): 495e12,
+    ("H200", "bfloat16"): 989e12, ("H200", "float32"): 495e12,
+    ("TPU v3", "bfloat16"): 61.5e12, ("TPU v4", "bfloat16"): 275e12,
+    ("TPU v5 lite", "bfloat16"): 197e12, ("TPU v5e", "bfloat16"): 197e12,
+}
+
+
+def peak_flops(device, dtype: str) -> float | None:
+  for (kind, peak_dtype), value in PEAK_FLOPS.items():
+    if kind in device.device_kind and peak_dtype == dtype:
+      return value
+  return None
+
+
+def dataset_info(config) -> data.DatasetInfo:
+  """The config's dataset, or a stand-in of its size when it is not on disk (step only)."""
+  try:
+    return data.get_dataset_info(config.data)
+  except errors.DatasetNotAvailableError as e:
+    logging.warning("%s; using a synthetic stand-in for the step measurement.", e)
+    name = config.data.dataset
+    return data.DatasetInfo(
+        name=name, num_classes=1000 if "imagenet" in name else 10,
+        num_train_examples=config_defaults.NUM_TRAIN_EXAMPLES.get(name, 50_000),
+        pretrain_split="train", train_split="train", test_split=None,
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+def _timed(fn, seconds: float, warmup: int) -> tuple[int, float]:
+  """Calls fn() (which blocks on its result) warmup times, then for `seconds`; (calls, time)."""
+  for _ in range(warmup):
+    fn()
+  calls, start = 0, time.perf_counter()
+  while True:
+    fn()
+    calls += 1
+    elapsed = time.perf_counter() - start
+    if elapsed >= seconds:
+      return calls, elapsed
+
+
+def _flops(compiled) -> float | None:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  return float(analysis["flops"]) if analysis and "flops" in analysis else None
+
+
+def _peak_memory() -> tuple[str, int]:
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return "device_peak_bytes", int(stats["peak_bytes_in_use"])
+  return "host_peak_rss_bytes", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  mesh_lib.split_cpu_into_devices(config)  # the CPU device split main.py uses
+  unknown = set(_WHAT.value) - {"step", "input", "end_to_end"}
+  if unknown:
+    raise app.UsageError(f"--what: unknown {sorted(unknown)}; valid: step, input, end_to_end")
+  mesh = mesh_lib.create_mesh(config.num_devices)
+  devices = mesh.devices.size
+  mesh_lib.check_batch_size(config.batch_size, devices)
+  info = dataset_info(config)
+  device = jax.devices()[0]
+  base = dict(command=" ".join(sys.argv[1:]), method=config.method,
+              model=f"{config.model.name} x{config.model.width} ({config.model.stem} stem)",
+              image_size=config.data.image_size, batch_size=config.batch_size,
+              dtype=config.dtype, device=f"{devices} x {device.device_kind}",
+              cores=len(os.sched_getaffinity(0)))
+  rows, rates = [], {}
+  num_views = len(config.views)
+  size = config.data.image_size
+
+  trainer = state = batch = compiled = None
+  if {"step", "end_to_end"} & set(_WHAT.value):
+    trainer = pretrain.Trainer(config, info, mesh)
+    state = trainer.init_state(config.seed)
+    rng = np.random.default_rng(0)
+    local = config.batch_size // jax.process_count()
+    batch = mesh_lib.to_global({
+        "images": rng.integers(0, 256, (local, num_views, size, size, 3), dtype=np.uint8),
+        "label": rng.integers(0, 10, (local,), dtype=np.int32)}, mesh)
+    start = time.perf_counter()
+    compiled = trainer.train_step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+
+  def emit(what, calls, elapsed, **extra):
+    images_per_sec = calls * config.batch_size / elapsed
+    rates[what] = images_per_sec
+    row = dict(what=what, images_per_sec=round(images_per_sec, 1), **base, **extra)
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    if _OUT.value:
+      with open(_OUT.value, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+  if "step" in _WHAT.value:
+    holder = {"state": state}
+
+    def step():
+      holder["state"], metrics = compiled(holder["state"], batch)
+      jax.block_until_ready(metrics["loss"])
+    calls, elapsed = _timed(step, _SECONDS.value, _WARMUP.value)
+    state = holder["state"]
+    # XLA's cost analysis of the SPMD program is per device.
+    flops_step = _flops(compiled)
+    flops_image = flops_step * devices / config.batch_size if flops_step else None
+    step_s = elapsed / calls
+    peak = peak_flops(device, config.dtype)
+    mfu = flops_step / step_s / peak if flops_step and peak else None
+    memory_key, memory = _peak_memory()
+    emit("step", calls, elapsed, compile_s=round(compile_s, 2), step_ms=round(step_s * 1e3, 2),
+         gflops_per_image=round(flops_image / 1e9, 3) if flops_image else None,
+         mfu=round(mfu, 4) if mfu else None, **{memory_key: memory})
+
+  if "input" in _WHAT.value:
+    it = data.make_pretrain_iterator(config.data, config.views,
+                                     global_batch_size=config.batch_size, seed=config.seed)
+    calls, elapsed = _timed(lambda: next(it), _SECONDS.value, _WARMUP.value)
+    emit("input", calls, elapsed)
+
+  if "end_to_end" in _WHAT.value:
+    it = data.make_pretrain_iterator(config.data, config.views,
+                                     global_batch_size=config.batch_size, seed=config.seed)
+    holder = {"state": state}
+
+    def train():
+      holder["state"], metrics = compiled(holder["state"], mesh_lib.to_global(next(it), mesh))
+      jax.block_until_ready(metrics["loss"])
+    calls, elapsed = _timed(train, _SECONDS.value, _WARMUP.value)
+    extra = {}
+    if "step" in rates and "input" in rates:
+      extra["bottleneck"] = "input" if rates["input"] < rates["step"] else "step"
+    emit("end_to_end", calls, elapsed, **extra)
+
+  columns = ["what", "images_per_sec", "batch_size", "model", "image_size", "dtype", "device",
+             "cores", "compile_s", "gflops_per_image", "mfu", "bottleneck"]
+  print("\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+  for row in rows:
+    print("| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in columns) + " |")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,46 @@
+"""experiments/benchmark.py: its measurements come out with the fields and values they promise."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_main import REPO
+
+
+@pytest.mark.slow
+def test_benchmark_reports_step_input_and_end_to_end(tmp_path):
+  out = tmp_path / "bench.jsonl"
+  cmd = [sys.executable, "experiments/benchmark.py", "--config=configs/byol.py",
+         f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.model.width=0.125",
+         "--config.batch_size=16", "--config.cpu_devices=2", "--seconds=0.5", "--warmup=1",
+         f"--out={out}"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+  result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["what"] for r in rows] == ["step", "input", "end_to_end"]
+  for r in rows:
+    assert r["images_per_sec"] > 0 and r["batch_size"] == 16 and r["dtype"] == "float32"
+    assert r["device"] == "2 x cpu" and r["model"].startswith("resnet10 x0.125")
+  step = rows[0]
+  # A BYOL step on 28 px digits at width 1/8: tens of MFLOPs per image, not 0 or TFLOPs.
+  assert 1e-3 < step["gflops_per_image"] < 1.0
+  assert step["compile_s"] > 0 and step["host_peak_rss_bytes"] > 0 and step["mfu"] is None
+  assert rows[2]["bottleneck"] in ("step", "input")
+  assert "| step |" in result.stdout  # the Markdown table
+
+
+def test_peak_flops_table():
+  sys.path.insert(0, os.path.join(REPO, "experiments"))
+  import benchmark  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
+  class Device:
+    def __init__(self, kind):
+      self.device_kind = kind
+
+  assert benchmark.peak_flops(Device("NVIDIA H100 80GB HBM3"), "bfloat16") == 989e12
+  assert benchmark.peak_flops(Device("TPU v4"), "bfloat16") == 275e12
+  assert benchmark.peak_flops(Device("cpu"), "float32") is None
