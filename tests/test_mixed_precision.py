@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslx import mesh as mesh_lib
+from sslx import models
 from sslx import pretrain
 from tests.test_train import INFO, run_steps, synthetic_batch, tiny_config
 
@@ -37,3 +38,14 @@ def test_bfloat16_step_tracks_float32():
   _, losses32 = run_steps(tiny_config(), 1, num_steps=3)
   _, losses16 = run_steps(tiny_config(dtype="bfloat16"), 1, num_steps=3)
   np.testing.assert_allclose(losses16, losses32, rtol=0.03)
+
+
+def test_head_hidden_layers_run_in_bf16_and_the_output_layer_in_float32():
+  head = models.MLP(hidden_dims=(8,), out_dim=4, dtype=jnp.bfloat16)
+  x = jnp.ones((2, 6), jnp.float32)
+  variables = head.init(jax.random.PRNGKey(0), x, train=False)
+  jaxpr = str(jax.make_jaxpr(lambda v: head.apply(v, x, train=False))(variables))
+  dots = [line for line in jaxpr.splitlines() if "dot_general" in line]
+  assert len(dots) == 2
+  assert "bf16" in dots[0] and "bf16" not in dots[1] and "f32" in dots[1]
+  assert head.apply(variables, x, train=False).dtype == jnp.float32

@@ -24,8 +24,9 @@ class MLP(nn.Module):
     use_bn: BatchNorm after each hidden Dense.
     last_bn: a BatchNorm without scale or bias after the output Dense, as in
       the SimCLR v2 and MoCo v3 projectors.
-    dtype: compute dtype; parameters and BN statistics are float32, and the
-      output is float32 so that losses are computed at full precision.
+    dtype: compute dtype of the hidden layers; parameters and BN statistics
+      are float32, and the output layer computes in float32 so that losses
+      see full-precision embeddings (experiments/RESULTS.md, mixed precision).
   """
 
   hidden_dims: Sequence[int]
@@ -60,7 +61,9 @@ class MLP(nn.Module):
       if self.use_bn:
         x = self._bn(train, f'bn{i}')(x)
       x = nn.relu(x)
-    x = nn.Dense(self.out_dim, use_bias=not self.last_bn, dtype=self.dtype,
+    # The output layer runs in float32: its result feeds the loss directly,
+    # and rounding it to bf16 (8 mantissa bits) perturbs cosine similarities.
+    x = nn.Dense(self.out_dim, use_bias=not self.last_bn, dtype=jnp.float32,
                  param_dtype=jnp.float32, name=f'dense{len(self.hidden_dims)}')(x)
     if self.last_bn:
       x = self._bn(train, f'bn{len(self.hidden_dims)}', affine=False)(x)
