@@ -24,6 +24,7 @@ from ml_collections import config_flags
 
 from sslx import errors
 from sslx import mesh
+from sslx import preemption
 
 JOBS = ("pretrain", "knn_eval", "linear_eval", "finetune")
 
@@ -44,6 +45,10 @@ def main(argv):
     if job not in JOBS:
       raise errors.ConfigError(f"Unknown job {job!r} (config.job); valid jobs: {', '.join(JOBS)}.")
     importlib.import_module(f"sslx.{job}").run(config, _WORKDIR.value)
+  except errors.Preempted as e:
+    logging.warning("%s", e)
+    print(str(e), file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_CODE)
   except errors.SslxError as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr, flush=True)

@@ -19,3 +19,7 @@ class DatasetNotAvailableError(SslxError, RuntimeError):
 
 class CheckpointError(SslxError, RuntimeError):
   """A checkpoint is missing, unreadable, or does not match the config."""
+
+
+class Preempted(SslxError):
+  """Training stopped on a signal after saving a checkpoint; rerun to resume."""

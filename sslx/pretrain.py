@@ -37,6 +37,7 @@ from sslx import mesh as mesh_lib
 from sslx import methods
 from sslx import models
 from sslx import optim
+from sslx import preemption
 from sslx import progress as progress_lib
 
 PyTree = Any
@@ -288,27 +289,40 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                         start_step=start_step)
   last_scalars = {}
   t0 = time.perf_counter()
-  for step in range(start_step, config.train_steps):
-    state, metrics = trainer.train_step(state, mesh_lib.to_global(next(batches), mesh))
-    done = step + 1
-    if step == start_step:
-      jax.block_until_ready(state.step)
-      progress.first_step_done(done, time.perf_counter() - t0)
-    is_last = done == config.train_steps
-    save = done % config.checkpoint_every_steps == 0 or is_last
-    if done % config.log_every_steps == 0 or is_last:
-      last_scalars = progress.report(done, metrics)
-    if save or done % config.log_every_steps == 0:
-      # Never checkpoint a diverged state: the last good checkpoint stays the newest.
-      loss = float(jax.device_get(metrics["loss"]))
-      if not np.isfinite(loss):
-        raise errors.SslxError(f"Loss became {loss} at step {done}; stopping without saving. "
-                               f"The newest checkpoint is step {ckpt.latest_step()}.")
-    if save:
-      ckpt.save(state, config)
-    if (config.eval.every_steps and done % config.eval.every_steps == 0 and not is_last
-        and info.num_classes and info.test_split):
-      periodic_evaluation(config, info, trainer, state, writer, done)
+  with preemption.StopRequest() as stop:
+    for step in range(start_step, config.train_steps):
+      state, metrics = trainer.train_step(state, mesh_lib.to_global(next(batches), mesh))
+      done = step + 1
+      if step == start_step:
+        jax.block_until_ready(state.step)
+        progress.first_step_done(done, time.perf_counter() - t0)
+      is_last = done == config.train_steps
+      save = done % config.checkpoint_every_steps == 0 or is_last
+      if done % config.log_every_steps == 0 or is_last:
+        last_scalars = progress.report(done, metrics)
+      if save or done % config.log_every_steps == 0:
+        # Never checkpoint a diverged state: the last good checkpoint stays the newest.
+        loss = float(jax.device_get(metrics["loss"]))
+        if not np.isfinite(loss):
+          raise errors.SslxError(f"Loss became {loss} at step {done}; stopping without saving. "
+                                 f"The newest checkpoint is step {ckpt.latest_step()}.")
+      if save:
+        ckpt.save(state, config)
+      if (config.eval.every_steps and done % config.eval.every_steps == 0 and not is_last
+          and info.num_classes and info.test_split):
+        periodic_evaluation(config, info, trainer, state, writer, done)
+      if stop.requested():
+        # Preemption or Ctrl-C: keep this step (unless it diverged), then exit for a rerun.
+        loss = float(jax.device_get(metrics["loss"]))
+        if not save and np.isfinite(loss):
+          ckpt.save(state, config)
+        ckpt.wait()
+        newest = f"{ckpt.directory}/{ckpt.latest_step()}"
+        ckpt.close()
+        writer.flush()
+        raise errors.Preempted(
+            f"Stopped by {stop.signal_name or 'a signal on another process'} after step {done}; "
+            f"newest checkpoint: {newest}. Rerun the same command to resume.")
   ckpt.wait()
   results = {"step": int(jax.device_get(state.step)), "final_metrics": last_scalars,
              "checkpoint": f"{ckpt.directory}/{ckpt.latest_step()}"}

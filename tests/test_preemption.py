@@ -1,0 +1,56 @@
+"""SIGTERM / SIGINT during training: finish the step, checkpoint it, exit 75; a rerun resumes."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sslx import checkpointing
+from sslx import preemption
+from tests.test_main import REPO, TINY_FLAGS
+
+
+def _start(workdir, tfds_dir, *flags):
+  cmd = [sys.executable, "main.py", "--config=configs/byol.py", f"--workdir={workdir}",
+         f"--config.data.data_dir={tfds_dir}", *TINY_FLAGS, "--config.log_every_steps=1",
+         "--config.checkpoint_every_steps=1000", "--config.cpu_devices=2",
+         "--config.eval.knn=False", "--config.eval.linear=False", *flags]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_the_current_step_and_a_rerun_resumes(tmp_path, sig):
+  workdir, tfds_dir = str(tmp_path / "run"), str(tmp_path / "tfds")
+  proc = _start(workdir, tfds_dir, "--config.train_steps=100000")
+  # Wait until training is under way (a few logged steps), then signal it.
+  deadline = time.time() + 300
+  stderr = []
+  for line in proc.stderr:
+    stderr.append(line)
+    if re.search(r"step 3/100000", line) or time.time() > deadline:
+      break
+  proc.send_signal(sig)
+  rest_out, rest_err = proc.communicate(timeout=300)
+  stderr = "".join(stderr) + rest_err
+  assert proc.returncode == preemption.EXIT_CODE, stderr[-3000:]
+  match = re.search(rf"Stopped by {signal.Signals(sig).name} after step (\d+); newest "
+                    r"checkpoint: .*/checkpoints/(\d+)\. Rerun the same command to resume", stderr)
+  assert match, stderr[-3000:]
+  stopped = int(match.group(1))
+  assert stopped >= 3 and int(match.group(2)) == stopped and "Traceback" not in stderr
+  ckpt = checkpointing.Checkpointer(workdir, max_to_keep=1, read_only=True)
+  assert ckpt.latest_step() == stopped  # no periodic save was due: this one is the signal's
+
+  # The rerun (here asked to stop two steps later) resumes at the saved step.
+  rerun = _start(workdir, tfds_dir, f"--config.train_steps={stopped + 2}")
+  out, err = rerun.communicate(timeout=600)
+  assert rerun.returncode == 0, err[-3000:]
+  assert f"Resuming from {ckpt.directory}/{stopped}" in err
+  assert f"step {stopped + 1}: compiled and ran the first step" in err
