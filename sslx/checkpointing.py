@@ -17,6 +17,8 @@ import json
 import os
 from typing import Any
 
+from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -25,6 +27,22 @@ from sslx import errors
 
 ITEMS = ("online", "method_state", "opt_state", "train")
 CONFIG_ITEM = "config"
+
+
+def check_writable(workdir: str) -> None:
+  """Fails now, not at the first checkpoint an hour later, if `workdir` cannot be written.
+
+  Creates the directory if needed and writes and removes a small file; works
+  for local paths and for the remote ones Orbax supports (gs://...).
+  """
+  probe = epath.Path(workdir) / f".sslx_write_test_{os.getpid()}"
+  try:
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text("ok")
+    probe.unlink()
+  except (OSError, PermissionError) as e:
+    raise errors.ConfigError(f"Cannot write to the workdir {workdir!r} ({e}); choose a "
+                             "directory this job can create and write.") from e
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -71,10 +89,18 @@ class Checkpointer:
     args = {k: ocp.args.StandardRestore(v) for k, v in targets.items()}
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-    except (ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise bare Exception)
+      older = [s for s in sorted(self.manager.all_steps(), reverse=True) if s < step]
+      if older:
+        hint = (f"Older checkpoints: steps {', '.join(map(str, older))}; to resume from the "
+                "newest of them that restores, rerun with --config.resume_from_older=True (the "
+                "failing ones are moved aside, not deleted).")
+      else:
+        hint = "There is no older checkpoint."
       raise errors.CheckpointError(
-          f"Checkpoint {self.directory}/{step} does not match this config (different method, "
-          f"model or optimizer?): {e}") from e
+          f"Cannot restore checkpoint {self.directory}/{step}: it is corrupt or truncated, or "
+          f"it does not match this config (another method, model or optimizer). {hint} "
+          f"Cause: {str(e).splitlines()[0][:300]}") from e
     state = abstract_state
     if "online" in restored:
       state = state.replace(params=restored["online"]["params"],
@@ -83,6 +109,29 @@ class Checkpointer:
       state = state.replace(method_state=restored["method_state"])
     return state.replace(opt_state=restored["opt_state"], step=restored["train"]["step"],
                          rng=restored["train"]["rng"])
+
+  def restore_newest_good(self, abstract_state, *, fall_back: bool):
+    """The state of the newest checkpoint that restores, or None if there is none.
+
+    Without `fall_back`, a newest checkpoint that fails raises CheckpointError
+    (naming it and the older ones). With it, failing steps are renamed to
+    `<step>.unrestorable` (kept for inspection, invisible to Orbax) and the
+    next older one is tried.
+    """
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        logging.info("Resuming from %s/%d", self.directory, step)
+        return self.restore(step, abstract_state)
+      except errors.CheckpointError as e:
+        if not fall_back:
+          raise
+        logging.warning("%s", e)
+        aside = os.path.join(self.directory, f"{step}.unrestorable")
+        os.rename(os.path.join(self.directory, str(step)), aside)
+        logging.warning("Moved %s/%d to %s; trying the next older checkpoint.",
+                        self.directory, step, aside)
+        self.manager.reload()
+    return None
 
   def restore_config(self, step: int) -> dict:
     restored = self.manager.restore(step, args=ocp.args.Composite(

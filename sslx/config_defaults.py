@@ -114,6 +114,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 3
+  # If the newest checkpoint cannot be restored (corrupt, truncated), resume
+  # from the newest older one that can; the failing ones are renamed, not deleted.
+  c.resume_from_older = False
   c.distributed = False  # call jax.distributed.initialize() (multi-host)
   c.num_devices = ml_collections.config_dict.placeholder(int)  # None: all; N: the first N
   # CPU-only hosts: XLA runs one device's step on about one core, so main.py

@@ -269,12 +269,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                config.batch_size, config.train_steps)
 
   # Only now, with a valid config, is anything written to the workdir.
+  checkpointing.check_writable(workdir)
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
   state = trainer.init_state(config.seed)
-  latest = ckpt.latest_step()
-  if latest is not None:
-    logging.info("Resuming from %s/%d", ckpt.directory, latest)
-    state = ckpt.restore(latest, state)
+  try:
+    restored = ckpt.restore_newest_good(state, fall_back=config.get("resume_from_older", False))
+  except errors.CheckpointError:
+    ckpt.close()  # stop Orbax's background threads before the error ends the process
+    raise
+  state = state if restored is None else restored
   start_step = int(jax.device_get(state.step))
 
   # TensorBoard event files from process 0; the terminal gets Progress's one line.

@@ -203,7 +203,7 @@ def describe(config, backbone: Backbone, info: data.DatasetInfo, num_labelled: i
 
 
 def check_workdir(workdir: str, backbone: Backbone) -> None:
-  """The evaluator writes beside, never into, the pretraining run."""
+  """The evaluator writes beside, never into, the pretraining run, and can write there."""
   ckpt = backbone.source["checkpoint"]
   if ckpt not in (RANDOM, SCRATCH):
     pretrain_workdir = os.path.dirname(os.path.dirname(ckpt))
@@ -212,6 +212,7 @@ def check_workdir(workdir: str, backbone: Backbone) -> None:
           f"--workdir is the pretraining workdir {pretrain_workdir}; give the evaluation its own "
           f"directory (e.g. {pretrain_workdir}/eval_{{protocol}}) so it cannot touch the "
           "pretraining checkpoints or logs.")
+  checkpointing.check_writable(workdir)
 
 
 def write_results(workdir: str, results: dict, summary: str) -> None:

@@ -165,3 +165,19 @@ def test_unprepared_tfds_dataset_names_dataset_and_data_dir(tmp_path):
     pretrain.run(config, str(tmp_path / "run"))
   assert "cifar10" in str(info.value) and str(tmp_path / "empty_tfds") in str(info.value)
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_unwritable_workdir_fails_before_training(tmp_path, tfds_dir):
+  if os.geteuid() == 0:
+    # root ignores directory permissions; a path under a regular file cannot be created by anyone.
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    workdir = blocker / "run"
+  else:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    workdir = locked / "run"
+  result = _main(str(workdir), tfds_dir, "--config.train_steps=2")
+  assert result.returncode == 2
+  assert "Cannot write to the workdir" in result.stderr and "Traceback" not in result.stderr
+  assert "compiled and ran the first step" not in result.stderr
