@@ -35,6 +35,7 @@ import optax
 from sslx import augment
 from sslx import data
 from sslx import errors
+from sslx import linear_probe
 from sslx import mesh as mesh_lib
 from sslx import models
 from sslx import optim
@@ -79,11 +80,8 @@ def create_optimizer(params, *, frozen_groups: int, peak_lr: float, backbone_lr_
                      weight_decay: float, momentum: float, warmup_steps: int, train_steps: int):
   """SGD + Nesterov for the head and the trained encoder layers; frozen layers never change."""
   def sgd(scale):
-    if warmup_steps:
-      schedule = optax.warmup_cosine_decay_schedule(0.0, peak_lr * scale, warmup_steps,
-                                                    train_steps)
-    else:
-      schedule = optax.cosine_decay_schedule(peak_lr * scale, train_steps)
+    schedule = optim.warmup_cosine_schedule(peak_lr * scale, warmup_steps=warmup_steps,
+                                            train_steps=train_steps)
     # Weight decay on kernels only, as in pretraining (optim.kernels_only).
     return optax.chain(optax.add_decayed_weights(weight_decay, mask=optim.kernels_only),
                        optax.sgd(schedule, momentum=momentum, nesterov=True))
@@ -145,18 +143,11 @@ def make_train_step(encoder, head, tx, mean, std, dtype):
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate(config)
   c = config.finetune
-  mesh_lib.initialize_distributed(config.distributed)
-  mesh = mesh_lib.create_mesh(config.num_devices)
-  for b in (config.batch_size, config.eval.batch_size):
-    mesh_lib.check_batch_size(b, mesh.devices.size)
-  backbone = transfer.load_backbone(config)
-  transfer.check_workdir(workdir, backbone)
+  s = transfer.setup(config, workdir, batch_sizes=(config.batch_size, config.eval.batch_size),
+                     need_labels=True)
+  mesh, backbone, data_config, info, subset = s.mesh, s.backbone, s.data_config, s.info, s.subset
+  num_labelled = s.num_labelled
   scratch = backbone.source["checkpoint"] == transfer.SCRATCH
-  data_config = transfer.resolve_data_config(config, backbone)
-  info = data.get_dataset_info(data_config)
-  subset = transfer.labelled_subset(config, data_config, info)
-  num_labelled = (len(subset) if subset is not None
-                  else len(data.subsets.read_labels(data_config, info.train_split)))
 
   # From scratch every layer trains at the head's rate; otherwise as configured.
   frozen = 0 if scratch else TRAIN_FROM.index(c.train_from)
@@ -213,7 +204,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logits = np.asarray(head.apply({"params": state.params["head"],
                                   "batch_stats": state.batch_stats["head"]},
                                  jnp.asarray(test_x), train=False))
-  scores = transfer.top1_top5(logits, test_y, info.num_classes)
+  scores = linear_probe.top1_top5(logits, test_y, info.num_classes)
   results = dict(protocol="finetune", **scores,
                  **transfer.describe(config, backbone, info, num_labelled),
                  train_from=TRAIN_FROM[frozen], backbone_lr_ratio=ratio, train_steps=steps,

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from sslx import augment
 from sslx import mesh as mesh_lib
 
 
@@ -53,6 +54,15 @@ def knn_accuracy(train_features: np.ndarray, train_labels: np.ndarray,
   if num_classes > 5:
     result["top5"] = top5 / len(test_features)
   return result
+
+
+def make_embed_fn(encoder, mean, std, dtype=jnp.float32):
+  """jit(variables, uint8 images) -> features: normalise, then the encoder in inference mode."""
+  @jax.jit
+  def embed(variables, images):
+    x = augment.normalize(augment.to_float01(images), mean, std, dtype)
+    return encoder.apply(variables, x, train=False)
+  return embed
 
 
 def extract_features(embed_fn, batches, mesh) -> tuple[np.ndarray, np.ndarray]:

@@ -10,10 +10,8 @@ voting of its k most cosine-similar bank images (sslx/knn.py; Wu et al., 2018).
 
 import ml_collections
 
-from sslx import data
 from sslx import errors
 from sslx import knn
-from sslx import mesh as mesh_lib
 from sslx import transfer
 
 
@@ -32,17 +30,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.checkpoint == transfer.SCRATCH:
     raise errors.ConfigError("checkpoint=scratch trains an encoder; kNN evaluates a frozen one. "
                              "Use checkpoint=random for the untrained baseline.")
-  mesh_lib.initialize_distributed(config.distributed)
-  mesh = mesh_lib.create_mesh(config.num_devices)
-  mesh_lib.check_batch_size(config.eval.batch_size, mesh.devices.size)
-  backbone = transfer.load_backbone(config)
-  transfer.check_workdir(workdir, backbone)
-  data_config = transfer.resolve_data_config(config, backbone)
-  info = data.get_dataset_info(data_config)
-  subset = transfer.labelled_subset(config, data_config, info)
-
-  extract = transfer.FeatureExtractor(backbone, info, data_config, mesh)
-  bank_x, bank_y = extract("train", batch_size=config.eval.batch_size, indices=subset)
+  s = transfer.setup(config, workdir, batch_sizes=(config.eval.batch_size,))
+  backbone, info = s.backbone, s.info
+  extract = transfer.FeatureExtractor(backbone, info, s.data_config, s.mesh)
+  bank_x, bank_y = extract("train", batch_size=config.eval.batch_size, indices=s.subset)
   test_x, test_y = extract("test", batch_size=config.eval.batch_size)
   scores = knn.knn_accuracy(bank_x, bank_y, test_x, test_y, k=config.knn.k,
                             temperature=config.knn.temperature, num_classes=info.num_classes)

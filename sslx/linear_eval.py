@@ -79,14 +79,6 @@ def multi_head_loss(heads, features, labels, weight_decays):
   return jnp.sum(ce + decay)
 
 
-def _accuracy(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
-  ranked = np.argsort(-logits, axis=-1, kind="stable")
-  out = {"top1": float(np.mean(ranked[:, 0] == labels))}
-  if num_classes > 5:
-    out["top5"] = float(np.mean(np.any(ranked[:, :5] == labels[:, None], axis=1)))
-  return out
-
-
 def _train_augmented(config, backbone, info, data_config, mesh, extract, indices, labels):
   """The augmented protocol; returns (test scores, chosen hyperparameters, grid results)."""
   c = config.linear
@@ -134,10 +126,10 @@ def _train_augmented(config, backbone, info, data_config, mesh, extract, indices
   predict = lambda x: np.asarray(multi_head_logits(heads, jnp.asarray((x - mean) / std)))
   held_x, held_y = extract("train", batch_size=config.eval.batch_size, indices=held_idx)
   held_logits = predict(held_x)
-  held_top1 = [_accuracy(held_logits[g], held_y, num_classes)["top1"] for g in range(num_heads)]
+  held_top1 = [linear_probe.top1_top5(held_logits[g], held_y, num_classes)["top1"] for g in range(num_heads)]
   best = int(np.argmax(held_top1))
   test_x, test_y = extract("test", batch_size=config.eval.batch_size)
-  scores = _accuracy(predict(test_x)[best], test_y, num_classes)
+  scores = linear_probe.top1_top5(predict(test_x)[best], test_y, num_classes)
   chosen = dict(learning_rate=grid[best][0], weight_decay=grid[best][1],
                 holdout_top1=held_top1[best], train_steps=steps, num_fit=len(fit_idx),
                 num_holdout=len(held_idx))
@@ -148,24 +140,17 @@ def _train_augmented(config, backbone, info, data_config, mesh, extract, indices
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate(config)
-  mesh_lib.initialize_distributed(config.distributed)
-  mesh = mesh_lib.create_mesh(config.num_devices)
-  mesh_lib.check_batch_size(config.eval.batch_size, mesh.devices.size)
-  if config.linear.augment:
-    mesh_lib.check_batch_size(config.batch_size, mesh.devices.size)
-  backbone = transfer.load_backbone(config)
-  transfer.check_workdir(workdir, backbone)
-  data_config = transfer.resolve_data_config(config, backbone)
-  info = data.get_dataset_info(data_config)
-  subset = transfer.labelled_subset(config, data_config, info)
-  extract = transfer.FeatureExtractor(backbone, info, data_config, mesh,
+  augment = config.linear.augment
+  s = transfer.setup(config, workdir, need_labels=augment, batch_sizes=(
+      (config.eval.batch_size, config.batch_size) if augment else (config.eval.batch_size,)))
+  backbone, info, subset = s.backbone, s.info, s.subset
+  extract = transfer.FeatureExtractor(backbone, info, s.data_config, s.mesh,
                                       dtype=jnp.dtype(config.dtype))
 
-  if config.linear.augment:
-    all_labels = data.subsets.read_labels(data_config, info.train_split)
-    indices = np.arange(len(all_labels)) if subset is None else subset
-    scores, chosen, sweep = _train_augmented(config, backbone, info, data_config, mesh, extract,
-                                             indices, all_labels[indices])
+  if augment:
+    indices = np.arange(len(s.labels)) if subset is None else subset
+    scores, chosen, sweep = _train_augmented(config, backbone, info, s.data_config, s.mesh,
+                                             extract, indices, s.labels[indices])
     num_labelled, extra = len(indices), dict(**chosen, sweep=sweep)
     name = "linear probe (SGD, augmented)"
   else:

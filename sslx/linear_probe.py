@@ -42,13 +42,17 @@ def fit_logistic_regression(x, y, l2, *, num_classes: int, iterations: int = 300
   return params
 
 
-def _accuracy(params, x, y, num_classes):
-  logits = np.asarray(x @ params["w"] + params["b"])
-  ranked = np.argsort(-logits, axis=1, kind="stable")
-  result = {"top1": float(np.mean(ranked[:, 0] == y))}
+def top1_top5(scores, labels, num_classes: int) -> dict[str, float]:
+  """Top-1 (and top-5 where there are more than 5 classes) accuracy of class scores [N, C]."""
+  ranked = np.argsort(-np.asarray(scores), axis=-1, kind="stable")
+  result = {"top1": float(np.mean(ranked[:, 0] == labels))}
   if num_classes > 5:
-    result["top5"] = float(np.mean(np.any(ranked[:, :5] == y[:, None], axis=1)))
+    result["top5"] = float(np.mean(np.any(ranked[:, :5] == labels[:, None], axis=1)))
   return result
+
+
+def _accuracy(params, x, y, num_classes):
+  return top1_top5(x @ params["w"] + params["b"], y, num_classes)
 
 
 def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,

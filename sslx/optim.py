@@ -24,18 +24,23 @@ def warmup_steps(opt_config: ml_collections.ConfigDict, steps_per_epoch: float) 
   return int(round(opt_config.warmup_epochs * steps_per_epoch))
 
 
+def warmup_cosine_schedule(peak: float, *, warmup_steps: int, train_steps: int,
+                           min_ratio: float = 0.0) -> optax.Schedule:
+  """Linear warmup from 0 over `warmup_steps`, then cosine decay to `min_ratio` x peak."""
+  if warmup_steps == 0:  # (optax's warmup schedule would log a warning for a 0-step warmup)
+    return optax.cosine_decay_schedule(init_value=peak, decay_steps=train_steps, alpha=min_ratio)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
+      decay_steps=train_steps, end_value=peak * min_ratio)
+
+
 def learning_rate_schedule(opt_config: ml_collections.ConfigDict, *, batch_size: int,
                            train_steps: int, steps_per_epoch: float) -> optax.Schedule:
   """Linear warmup from 0, then cosine decay to `min_learning_rate_ratio` x peak."""
-  peak = scaled_learning_rate(opt_config, batch_size)
-  warmup = warmup_steps(opt_config, steps_per_epoch)
-  end_value = peak * opt_config.min_learning_rate_ratio
-  if warmup == 0:  # (optax's warmup schedule would log a warning for a 0-step warmup)
-    return optax.cosine_decay_schedule(init_value=peak, decay_steps=train_steps,
-                                       alpha=opt_config.min_learning_rate_ratio)
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=peak, warmup_steps=warmup,
-      decay_steps=train_steps, end_value=end_value)
+  return warmup_cosine_schedule(
+      scaled_learning_rate(opt_config, batch_size),
+      warmup_steps=warmup_steps(opt_config, steps_per_epoch), train_steps=train_steps,
+      min_ratio=opt_config.min_learning_rate_ratio)
 
 
 def kernels_only(params):

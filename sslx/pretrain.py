@@ -179,13 +179,7 @@ class Trainer:
 
   # Evaluation of the encoder.
   def embed_fn(self):
-    encoder = self.method.encoder
-
-    @jax.jit
-    def embed(variables, images):
-      x = augment.normalize(augment.to_float01(images), self.info.mean, self.info.std, self.dtype)
-      return encoder.apply(variables, x, train=False)
-    return embed
+    return knn.make_embed_fn(self.method.encoder, self.info.mean, self.info.std, self.dtype)
 
   def random_encoder_variables(self, seed: int):
     return self.method.encoder.init(jax.random.PRNGKey(seed + 1), self._dummy_images, train=False)

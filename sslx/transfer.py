@@ -32,7 +32,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sslx import augment
 from sslx import checkpointing
 from sslx import data
 from sslx import errors
@@ -146,15 +145,45 @@ def resolve_data_config(config, backbone: Backbone) -> ml_collections.ConfigDict
   return data_config
 
 
-def labelled_subset(config, data_config, info: data.DatasetInfo) -> np.ndarray | None:
-  """Indices of the few-label training subset (None: every labelled example)."""
+@dataclasses.dataclass
+class Setup:
+  """What every evaluator starts from."""
+  mesh: Any
+  backbone: Backbone
+  data_config: ml_collections.ConfigDict
+  info: data.DatasetInfo
+  subset: np.ndarray | None  # indices of the labelled train subset; None: all of it
+  labels: np.ndarray | None  # labels of the whole train split, if read
+
+  @property
+  def num_labelled(self) -> int:
+    return len(self.subset) if self.subset is not None else len(self.labels)
+
+
+def setup(config, workdir: str, *, batch_sizes, need_labels: bool = False) -> Setup:
+  """Devices, the encoder, the evaluation data and the labelled subset; checks first.
+
+  `batch_sizes` must each divide over the devices. With `need_labels`, the
+  train split's labels are read (once, shared with the subset choice).
+  """
+  mesh_lib.initialize_distributed(config.distributed)
+  mesh = mesh_lib.create_mesh(config.num_devices)
+  for batch_size in batch_sizes:
+    mesh_lib.check_batch_size(batch_size, mesh.devices.size)
+  backbone = load_backbone(config)
+  check_workdir(workdir, backbone)
+  data_config = resolve_data_config(config, backbone)
+  info = data.get_dataset_info(data_config)
   if not info.num_classes or info.train_split is None:
     raise errors.ConfigError(f"{info.name} has no labelled train split to evaluate with.")
   if info.test_split is None:
     raise errors.ConfigError(f"{info.name} has no test split to evaluate on.")
-  return data.subsets.label_subset(data_config, info.train_split,
-                                    fraction=config.label_fraction,
-                                    per_class=config.get("labels_per_class"), seed=config.seed)
+  subset, labels = data.subsets.label_subset(
+      data_config, info.train_split, fraction=config.label_fraction,
+      per_class=config.get("labels_per_class"), seed=config.seed)
+  if need_labels and labels is None:
+    labels = data.subsets.read_labels(data_config, info.train_split)
+  return Setup(mesh, backbone, data_config, info, subset, labels)
 
 
 class FeatureExtractor:
@@ -165,13 +194,7 @@ class FeatureExtractor:
     self.encoder = models.create_encoder(backbone.model_config, dtype=dtype)
     self.variables = mesh_lib.replicate(backbone.variables, mesh)
     self.data_config, self.info, self.mesh = data_config, info, mesh
-    encoder, mean, std = self.encoder, info.mean, info.std
-
-    @jax.jit
-    def embed(variables, images):
-      x = augment.normalize(augment.to_float01(images), mean, std, dtype)
-      return encoder.apply(variables, x, train=False)
-    self._embed = embed
+    self._embed = knn.make_embed_fn(self.encoder, info.mean, info.std, dtype)
 
   def __call__(self, split: str, *, batch_size: int, indices=None, max_examples=None):
     """(features [N, D] float32, labels [N]) of `split` ('train' or 'test')."""
@@ -179,15 +202,6 @@ class FeatureExtractor:
                                  batch_size=batch_size // jax.process_count(),
                                  indices=indices, max_examples=max_examples)
     return knn.extract_features(lambda x: self._embed(self.variables, x), it, self.mesh)
-
-
-def top1_top5(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
-  """Top-1 (and top-5 where there are more than 5 classes) accuracy of class scores [N, C]."""
-  ranked = np.argsort(-np.asarray(scores), axis=-1, kind="stable")
-  out = {"top1": float(np.mean(ranked[:, 0] == labels))}
-  if num_classes > 5:
-    out["top5"] = float(np.mean(np.any(ranked[:, :5] == labels[:, None], axis=1)))
-  return out
 
 
 def describe(config, backbone: Backbone, info: data.DatasetInfo, num_labelled: int) -> dict:

@@ -61,7 +61,9 @@ def test_eval_iterator_reads_exactly_the_subset(tmp_path):
       eval_crop_fraction=1.0, shuffle_buffer=100, cache=True, num_parallel_calls=1, prefetch=0))
   labels = subsets.read_labels(data_config, "train")
   assert labels.shape == (4000,) and set(np.unique(labels)) == set(range(10))
-  chosen = subsets.label_subset(data_config, "train", fraction=0.01, per_class=None, seed=0)
+  chosen, read = subsets.label_subset(data_config, "train", fraction=0.01, per_class=None,
+                                      seed=0)
+  np.testing.assert_array_equal(read, labels)
   assert len(chosen) == 40
   got_images, got_labels = [], []
   for batch in data.make_eval_iterator(data_config, "train", batch_size=16, indices=chosen):

@@ -61,17 +61,18 @@ def read_labels(data_config: Any, split: str) -> np.ndarray:
 
 
 def label_subset(data_config: Any, split: str, *, fraction: float | None,
-                 per_class: int | None, seed: int) -> np.ndarray | None:
-  """Indices of the few-label subset of `split`, or None for all of it.
+                 per_class: int | None, seed: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+  """(indices of the few-label subset of `split` or None for all of it, the split's labels).
 
   `per_class`, when given, takes precedence over `fraction`; `fraction` 1.0
-  (or None) with no `per_class` means the whole split.
+  (or None) with no `per_class` means the whole split, and then the labels
+  are not read (None is returned for them).
   """
   if per_class is not None:
     fraction = None
   elif fraction is None or fraction == 1.0:
-    return None
+    return None, None
   labels = read_labels(data_config, split)
   if labels.size and labels.max() < 0:
     raise ConfigError(f"{data_config.dataset} split {split!r} has no labels to subsample.")
-  return stratified_subset(labels, fraction=fraction, per_class=per_class, seed=seed)
+  return stratified_subset(labels, fraction=fraction, per_class=per_class, seed=seed), labels
