@@ -65,7 +65,22 @@ class _QuietLibraries:
         package in record.pathname for package in self._PACKAGES)
 
 
+def _ignore_closed_event_loop(unraisable) -> None:
+  """Orbax's asyncio threads can outlive their event loop at exit after a failed restore.
+
+  Python then prints "Exception ignored ... RuntimeError: Event loop is
+  closed" with a traceback, after (or even before) sslx's one-line error: noise
+  that reads like a crash. Only that exception is silenced; others print.
+  """
+  if (isinstance(unraisable.exc_value, RuntimeError)
+      and str(unraisable.exc_value) == "Event loop is closed"):
+    logging.debug("ignored at exit: %s", unraisable.exc_value)
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 if __name__ == "__main__":
+  sys.unraisablehook = _ignore_closed_event_loop
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   app.run(main)

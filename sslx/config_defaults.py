@@ -111,6 +111,30 @@ def base_config() -> ml_collections.ConfigDict:
       every_steps=0,
   ))
 
+  # A NaN or infinite loss or gradient. 'stop': end the run naming the step
+  # and the quantity, saving nothing (the last good checkpoint stays the
+  # newest). 'skip': drop that update (weights, optimizer, BN statistics and
+  # method state stay as they were), count it in `skipped_updates`, and stop
+  # only when more than `max_skipped` have been dropped.
+  c.nonfinite = ml_collections.ConfigDict(dict(action="stop", max_skipped=100))
+
+  # Warn when the logged embedding_std falls below this fraction of
+  # 1/sqrt(dim) (its value for isotropic embeddings) or the effective rank
+  # (RankMe) below `min_effective_rank`: signs of (dimensional) collapse.
+  c.collapse = ml_collections.ConfigDict(dict(min_std_fraction=0.1, min_effective_rank=2.0))
+
+  # A NaN or infinite loss or gradient. 'stop': end the run naming the step
+  # and the quantity, saving nothing (the last good checkpoint stays the
+  # newest). 'skip': drop that update (weights, optimizer, BN statistics and
+  # method state stay as they were), count it in `skipped_updates`, and stop
+  # only when more than `max_skipped` have been dropped.
+  c.nonfinite = ml_collections.ConfigDict(dict(action="stop", max_skipped=100))
+
+  # Warn when the logged embedding_std falls below this fraction of
+  # 1/sqrt(dim) (its value for isotropic embeddings) or the effective rank
+  # (RankMe) below `min_effective_rank`: signs of (dimensional) collapse.
+  c.collapse = ml_collections.ConfigDict(dict(min_std_fraction=0.1, min_effective_rank=2.0))
+
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 3

@@ -21,5 +21,9 @@ class CheckpointError(SslxError, RuntimeError):
   """A checkpoint is missing, unreadable, or does not match the config."""
 
 
+class CheckpointMismatchError(CheckpointError):
+  """A readable checkpoint written for another method, architecture or head size."""
+
+
 class Preempted(SslxError):
   """Training stopped on a signal after saving a checkpoint; rerun to resume."""

@@ -24,13 +24,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from sslx import augment
 from sslx import checkpointing
+from sslx import config_validation
 from sslx import data
 from sslx import errors
+from sslx import health
 from sslx import knn
 from sslx import linear_probe
 from sslx import mesh as mesh_lib
@@ -51,28 +52,28 @@ class TrainState:
   opt_state: PyTree
   method_state: PyTree  # non-gradient state owned by the method
   rng: jax.Array  # base key; step k uses fold_in(rng, k)
+  skipped_updates: jax.Array  # non-finite updates dropped so far (config.nonfinite.action='skip')
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> data.DatasetInfo:
-  """Checks names and sizes before anything is compiled or written; reports all problems."""
-  problems = []
+  """Checks types, ranges, names and sizes before anything is compiled, loaded or written.
 
-  def check(fn):
+  Every problem found is reported in one ConfigError, so a config with several
+  mistakes needs one rerun, not several.
+  """
+  problems = config_validation.problems(config)
+  try:
+    problems += methods.get_method_class(config).config_problems(config)
+  except errors.ConfigError as e:
+    problems.append(str(e))
+  if _is_positive_int(config.batch_size):
     try:
-      return fn()
+      mesh_lib.check_batch_size(config.batch_size, num_devices)
     except errors.ConfigError as e:
       problems.append(str(e))
-
-  check(lambda: methods.get_method(config))
-  check(lambda: models.create_encoder(config.model))
-  if config.dtype not in ("float32", "bfloat16", "float16"):
-    problems.append(f"config.dtype={config.dtype!r}; valid: float32, bfloat16, float16.")
-  if config.train_steps < 1:
-    problems.append(f"config.train_steps={config.train_steps}; it must be >= 1.")
-  check(lambda: mesh_lib.check_batch_size(config.batch_size, num_devices))
-  if config.batch_size % jax.process_count():
-    problems.append(f"config.batch_size={config.batch_size} is not divisible by the number "
-                    f"of processes ({jax.process_count()}).")
+    if config.batch_size % jax.process_count():
+      problems.append(f"config.batch_size={config.batch_size} is not divisible by the number "
+                      f"of processes ({jax.process_count()}).")
   info = None
   if not problems:  # the dataset check may prepare data: only worth it if the rest is valid
     try:
@@ -87,8 +88,14 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> data
           f"config.optimizer.warmup_epochs={config.optimizer.warmup_epochs} is {warmup} steps, "
           f"not fewer than config.train_steps={config.train_steps}; lower it (0 is allowed).")
   if problems:
-    raise errors.ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+    raise errors.ConfigError(f"Invalid config ({len(problems)} problem"
+                             f"{'s' if len(problems) > 1 else ''}):\n  - "
+                             + "\n  - ".join(problems))
   return info
+
+
+def _is_positive_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 def probe_loss(probe_params, features, labels, num_classes):
@@ -100,16 +107,6 @@ def probe_loss(probe_params, features, labels, num_classes):
   loss = jnp.sum(jnp.where(valid, ce, 0.0)) / count
   accuracy = jnp.sum(jnp.where(valid, jnp.argmax(logits, -1) == labels, False)) / count
   return loss, {"probe_loss": loss, "probe_accuracy": accuracy}
-
-
-def embedding_std(embeddings):
-  """Std over the batch of L2-normalised embeddings, averaged over dimensions.
-
-  A collapsed representation gives 0; an isotropic one about 1/sqrt(dim)
-  (Chen & He, 2021, "Exploring Simple Siamese Representation Learning").
-  """
-  z = knn.l2_normalize(embeddings)
-  return jnp.mean(jnp.std(z, axis=0))
 
 
 class Trainer:
@@ -141,7 +138,8 @@ class Trainer:
       dim = models.feature_dim(self.config.model)
       params["probe"] = nn.Dense(self.num_classes).init(k_probe, jnp.zeros((1, dim)))["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=self.tx.init(params), method_state=method_state, rng=k_state)
+                      opt_state=self.tx.init(params), method_state=method_state, rng=k_state,
+                      skipped_updates=jnp.zeros((), jnp.int32))
 
   def abstract_state(self):
     return jax.eval_shape(self._init_state, jax.random.PRNGKey(0))
@@ -164,18 +162,49 @@ class Trainer:
         p_loss, p_metrics = probe_loss(params["probe"], jax.lax.stop_gradient(out.features),
                                        batch["label"], self.num_classes)
         total, metrics = total + p_loss, {**metrics, **p_metrics}
-      metrics["embedding_std"] = embedding_std(out.embeddings)
       return total, (out, metrics)
 
-    grads, (out, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
+    (total, (out, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     method_state = self.method.post_step(params["model"], out.method_state, step)
     metrics["learning_rate"] = self.lr_schedule(step)
     metrics["grad_norm"] = optax.global_norm(grads["model"])
-    new_state = state.replace(step=step + 1, params=params, batch_stats=out.batch_stats,
-                              opt_state=opt_state, method_state=method_state)
-    return new_state, metrics
+    if self.num_classes:
+      metrics["probe_grad_norm"] = optax.global_norm(grads["probe"])
+    metrics.update(self._health_metrics(out.embeddings, step))
+    finite = health.all_finite(total, grads)
+    new = dict(params=params, batch_stats=out.batch_stats, opt_state=opt_state,
+               method_state=method_state)
+    skipped = state.skipped_updates
+    if self.config.nonfinite.action == "skip":
+      # Drop the whole update (weights, BN statistics, optimizer moments, EMA
+      # target, queue): the next step starts from this step's input state.
+      new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new,
+                         {k: getattr(state, k) for k in new})
+      skipped = skipped + jnp.where(finite, 0, 1).astype(skipped.dtype)
+    metrics["finite"] = finite
+    metrics["skipped_updates"] = skipped
+    return state.replace(step=step + 1, skipped_updates=skipped, **new), metrics
+
+  def _health_metrics(self, embeddings, step):
+    """Collapse monitors; the effective rank (an SVD) only on logged steps."""
+    done = step + 1
+    logged = (done % self.config.log_every_steps == 0) | (done == self.config.train_steps)
+    rank = jax.lax.cond(logged, health.effective_rank, lambda z: jnp.float32(jnp.nan),
+                        embeddings)
+    return {"embedding_std": health.embedding_std(embeddings), "effective_rank": rank}
+
+  def embedding_dim(self) -> int:
+    """Size of the embeddings the method reports for monitoring (shape inference only)."""
+    abstract = self.abstract_state()
+    size = self.config.data.image_size
+    # The global batch: methods may split it (MoCo's BN groups).
+    views = tuple(jax.ShapeDtypeStruct((self.config.batch_size, size, size, 3), self.dtype)
+                  for _ in range(self.method.num_views))
+    _, out = jax.eval_shape(self.method.loss, abstract.params["model"], abstract.batch_stats,
+                            abstract.method_state, views, jax.random.PRNGKey(0), abstract.step)
+    return out.embeddings.shape[-1]
 
   # Evaluation of the encoder.
   def embed_fn(self):
@@ -267,7 +296,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
   state = trainer.init_state(config.seed)
   try:
-    restored = ckpt.restore_newest_good(state, fall_back=config.get("resume_from_older", False))
+    restored = ckpt.restore_newest_good(state, fall_back=config.resume_from_older,
+                                        config=config)
   except errors.CheckpointError:
     ckpt.close()  # stop Orbax's background threads before the error ends the process
     raise
@@ -285,41 +315,51 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                         global_batch_size=config.batch_size, seed=config.seed,
                                         start_step=start_step)
   last_scalars = {}
+  nonfinite = health.NonFiniteWatch(config.nonfinite, latest_checkpoint=ckpt.latest_path)
+  collapse = health.CollapseWatch(config.collapse, trainer.embedding_dim())
+  hidden = {"finite"} | ({"skipped_updates"} if config.nonfinite.action == "stop" else set())
+  pending = None  # the previous update, checked while this one runs
   t0 = time.perf_counter()
-  with preemption.StopRequest() as stop:
-    for step in range(start_step, config.train_steps):
-      state, metrics = trainer.train_step(state, mesh_lib.to_global(next(batches), mesh))
-      done = step + 1
-      if step == start_step:
-        jax.block_until_ready(state.step)
-        progress.first_step_done(done, time.perf_counter() - t0)
-      is_last = done == config.train_steps
-      save = done % config.checkpoint_every_steps == 0 or is_last
-      if done % config.log_every_steps == 0 or is_last:
-        last_scalars = progress.report(done, metrics)
-      if save or done % config.log_every_steps == 0:
-        # Never checkpoint a diverged state: the last good checkpoint stays the newest.
-        loss = float(jax.device_get(metrics["loss"]))
-        if not np.isfinite(loss):
-          raise errors.SslxError(f"Loss became {loss} at step {done}; stopping without saving. "
-                                 f"The newest checkpoint is step {ckpt.latest_step()}.")
-      if save:
-        ckpt.save(state, config)
-      if (config.eval.every_steps and done % config.eval.every_steps == 0 and not is_last
-          and info.num_classes and info.test_split):
-        periodic_evaluation(config, info, trainer, state, writer, done)
-      if stop.requested():
-        # Preemption or Ctrl-C: keep this step (unless it diverged), then exit for a rerun.
-        loss = float(jax.device_get(metrics["loss"]))
-        if not save and np.isfinite(loss):
+  try:
+    with preemption.StopRequest() as stop:
+      for step in range(start_step, config.train_steps):
+        state, metrics = trainer.train_step(state, mesh_lib.to_global(next(batches), mesh))
+        done = step + 1
+        if pending:  # one scalar transfer per step, one step late: no stall
+          nonfinite.check(*pending)
+        pending = (done, metrics)
+        if step == start_step:
+          jax.block_until_ready(state.step)
+          progress.first_step_done(done, time.perf_counter() - t0)
+        is_last = done == config.train_steps
+        save = done % config.checkpoint_every_steps == 0 or is_last
+        if save or stop.requested():
+          # Never checkpoint a diverged state: the last good checkpoint stays the newest.
+          nonfinite.check(done, metrics)
+          pending = None
+        if done % config.log_every_steps == 0 or is_last:
+          last_scalars = progress.report(
+              done, {k: v for k, v in metrics.items() if k not in hidden})
+          collapse.check(done, last_scalars)
+        if save:
           ckpt.save(state, config)
-        ckpt.wait()
-        newest = f"{ckpt.directory}/{ckpt.latest_step()}"
-        ckpt.close()
-        writer.flush()
-        raise errors.Preempted(
-            f"Stopped by {stop.signal_name or 'a signal on another process'} after step {done}; "
-            f"newest checkpoint: {newest}. Rerun the same command to resume.")
+        if (config.eval.every_steps and done % config.eval.every_steps == 0 and not is_last
+            and info.num_classes and info.test_split):
+          periodic_evaluation(config, info, trainer, state, writer, done)
+        if stop.requested():
+          # Preemption or Ctrl-C: keep this (finite) step, then exit for a rerun.
+          if not save:
+            ckpt.save(state, config)
+          ckpt.wait()
+          raise errors.Preempted(
+              f"Stopped by {stop.signal_name or 'a signal on another process'} after step "
+              f"{done}; newest checkpoint: {ckpt.latest_path()}. Rerun the same command to "
+              "resume.")
+  except (errors.Preempted, health.NonFiniteError):
+    ckpt.wait()  # a save of an earlier, good step may still be in flight
+    ckpt.close()
+    writer.flush()
+    raise
   ckpt.wait()
   results = {"step": int(jax.device_get(state.step)), "final_metrics": last_scalars,
              "checkpoint": f"{ckpt.directory}/{ckpt.latest_step()}"}

@@ -1,6 +1,7 @@
 """MoCo v2/v3: InfoNCE with a queue and v3's loss against numpy, the FIFO queue,
 shuffled BN, the momentum encoder, and where gradients stop."""
 
+import re
 import chex
 import jax
 import jax.numpy as jnp
@@ -182,13 +183,16 @@ def test_shuffled_bn_keys_use_other_statistics_than_their_queries():
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(queue_size=12), "moco.queue_size=12 must be a positive multiple"),
-    (dict(bn_groups=3), "moco.bn_groups=3 must be >= 1 and divide"),
-    (dict(version="v4"), "moco.version='v4'; valid: v2, v3"),
+    (dict(bn_groups=3), "moco.bn_groups=3 must divide batch_size=8"),
+    (dict(bn_groups=0), "moco.bn_groups=0; it must be an integer > 0"),
+    (dict(version="v4"), "moco.version='v4'; it must be one of 'v2', 'v3'"),
+    (dict(temperature=0.0), "moco.temperature=0.0; it must be a number > 0"),
+    (dict(momentum=1.5), "moco.momentum=1.5; it must be a number in [0, 1]"),
 ])
 def test_bad_moco_config_is_a_clear_error(overrides, message):
   config = tiny_config()
   config.moco.update(overrides)
-  with pytest.raises(errors.ConfigError, match=message.replace("(", r"\(")):
+  with pytest.raises(errors.ConfigError, match=re.escape(message)):
     moco.Method(config)
 
 

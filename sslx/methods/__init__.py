@@ -16,8 +16,8 @@ def available() -> list[str]:
   return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base")
 
 
-def get_method(config) -> base.SSLMethod:
-  """Instantiates `sslx.methods.<config.method>.Method(config)`."""
+def get_method_class(config) -> type[base.SSLMethod]:
+  """`sslx.methods.<config.method>.Method`, after checking the name and the config section."""
   name = config.method
   if name not in available():
     raise errors.ConfigError(
@@ -26,4 +26,9 @@ def get_method(config) -> base.SSLMethod:
     raise errors.ConfigError(
         f"config.method={name!r} needs the config section config.{name}, which this config "
         f"lacks; start from configs/{name}.py (--config=configs/{name}.py).")
-  return importlib.import_module(f"sslx.methods.{name}").Method(config)
+  return importlib.import_module(f"sslx.methods.{name}").Method
+
+
+def get_method(config) -> base.SSLMethod:
+  """Instantiates `sslx.methods.<config.method>.Method(config)`."""
+  return get_method_class(config)(config)

@@ -42,16 +42,26 @@ class SSLMethod(abc.ABC):
   num_views: int = 2
 
   def __init__(self, config: ml_collections.ConfigDict):
+    problems = self.config_problems(config)
+    if problems:
+      raise errors.ConfigError(" ".join(problems))
     self.config = config
     self.dtype = jnp.dtype(config.dtype)
     self.encoder = models.create_encoder(config.model, dtype=self.dtype)
     self.feature_dim = models.feature_dim(config.model)
+
+  @classmethod
+  def config_problems(cls, config: ml_collections.ConfigDict) -> list[str]:
+    """Everything wrong with the method's part of `config`, without building anything.
+
+    Subclasses add the checks of their `config.<method>` section to these.
+    """
     views = sorted(config.views.keys())
-    if len(views) != self.num_views:
-      raise errors.ConfigError(
-          f"method {config.method!r} takes {self.num_views} view(s) per image, but config.views "
-          f"defines {len(views)} ({', '.join(views) or 'none'}); start from configs/"
-          f"{config.method}.py, which sets the views the method needs.")
+    if len(views) != cls.num_views:
+      return [f"method {config.method!r} takes {cls.num_views} view(s) per image, but "
+              f"config.views defines {len(views)} ({', '.join(views) or 'none'}); start from "
+              f"configs/{config.method}.py, which sets the views the method needs."]
+    return []
 
   @abc.abstractmethod
   def init(self, rng: jax.Array, images: jax.Array) -> tuple[PyTree, PyTree, PyTree]:

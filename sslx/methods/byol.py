@@ -19,6 +19,7 @@ used if someone evaluates the target network.
 import jax
 import jax.numpy as jnp
 
+from sslx import config_validation
 from sslx import models
 from sslx import schedules
 from sslx.methods import base
@@ -37,6 +38,15 @@ class Method(base.SSLMethod):
   """BYOL on the generic trainer."""
 
   num_views = 2
+
+  @classmethod
+  def config_problems(cls, config):
+    return super().config_problems(config) + config_validation.check_fields(config.byol, {
+        "projector_hidden_dim": config_validation.POSITIVE_INT,
+        "projector_dim": config_validation.POSITIVE_INT,
+        "predictor_hidden_dim": config_validation.POSITIVE_INT,
+        "tau_base": config_validation.UNIT_INTERVAL,
+    }, prefix="byol.")
 
   def __init__(self, config):
     super().__init__(config)

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sslx import errors
+from sslx import config_validation
 from sslx import models
 from sslx import schedules
 from sslx.methods import base
@@ -116,29 +116,38 @@ class Method(base.SSLMethod):
 
   num_views = 2
 
-  def __init__(self, config):
-    super().__init__(config)
+  @classmethod
+  def config_problems(cls, config):
     c = config.moco
-    self.version = c.version
-    problems = []
-    if c.version not in VERSIONS:
-      problems.append(f"moco.version={c.version!r}; valid: {', '.join(VERSIONS)}.")
-    if not c.temperature > 0:
-      problems.append(f"moco.temperature={c.temperature} must be > 0.")
-    if not 0 <= c.momentum <= 1:
-      problems.append(f"moco.momentum={c.momentum} must be in [0, 1].")
-    if c.bn_groups < 1 or config.batch_size % c.bn_groups:
-      problems.append(f"moco.bn_groups={c.bn_groups} must be >= 1 and divide "
+    problems = super().config_problems(config) + config_validation.check_fields(c, {
+        "version": config_validation.one_of(*VERSIONS),
+        "dim": config_validation.POSITIVE_INT,
+        "temperature": config_validation.POSITIVE,
+        "momentum": config_validation.UNIT_INTERVAL,
+        "momentum_cosine": config_validation.BOOL,
+        "symmetric": config_validation.BOOL,
+        "bn_groups": config_validation.POSITIVE_INT,
+        "queue_size": config_validation.POSITIVE_INT,
+    }, prefix="moco.")
+    if problems:
+      return problems
+    if config.batch_size % c.bn_groups:
+      problems.append(f"config.moco.bn_groups={c.bn_groups} must divide "
                       f"batch_size={config.batch_size}.")
     if c.version == "v2":
       keys_per_step = config.batch_size * (2 if c.symmetric else 1)
       if c.queue_size < keys_per_step or c.queue_size % keys_per_step:
         problems.append(
-            f"moco.queue_size={c.queue_size} must be a positive multiple of the keys enqueued "
-            f"per step ({keys_per_step}: batch_size{' x 2, symmetric' if c.symmetric else ''}), "
-            "so that the FIFO queue wraps around exactly.")
-    if problems:
-      raise errors.ConfigError(" ".join(problems))
+            f"config.moco.queue_size={c.queue_size} must be a positive multiple of the keys "
+            f"enqueued per step ({keys_per_step}: batch_size"
+            f"{' x 2, symmetric' if c.symmetric else ''}), so that the FIFO queue wraps around "
+            "exactly.")
+    return problems
+
+  def __init__(self, config):
+    super().__init__(config)
+    c = config.moco
+    self.version = c.version
     hidden = tuple(c.projector_hidden_dims) or (self.feature_dim,)
     if c.version == "v2":
       # MoCo v2 replaces the fc layer by fc-ReLU-fc (2048-2048-128 on ResNet-50), no BN.

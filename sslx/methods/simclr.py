@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sslx import errors
+from sslx import config_validation
 from sslx import models
 from sslx.methods import base
 
@@ -50,11 +50,18 @@ class Method(base.SSLMethod):
 
   num_views = 2
 
+  @classmethod
+  def config_problems(cls, config):
+    return super().config_problems(config) + config_validation.check_fields(config.simclr, {
+        "temperature": config_validation.POSITIVE,
+        "projector_dim": config_validation.POSITIVE_INT,
+        "projector_last_bn": config_validation.BOOL,
+        "color_jitter_strength": config_validation.NON_NEGATIVE,
+    }, prefix="simclr.")
+
   def __init__(self, config):
     super().__init__(config)
     c = config.simclr
-    if not c.temperature > 0:
-      raise errors.ConfigError(f"simclr.temperature={c.temperature} must be > 0.")
     self.projector = models.MLP(hidden_dims=tuple(c.projector_hidden_dims),
                                 out_dim=c.projector_dim, last_bn=c.projector_last_bn,
                                 dtype=self.dtype)

@@ -9,12 +9,12 @@ from sslx import errors
 from sslx.models.heads import MLP
 from sslx.models.resnet import (LAYER_GROUPS, STEMS, BasicBlock, Bottleneck, ResNet,
                                 resnet10, resnet18, resnet34, resnet50,
-                                resnet101, resnet152, scaled_channels)
+                                resnet101, resnet152, scaled_channels, total_stride)
 
 __all__ = [
     'LAYER_GROUPS', 'MODELS', 'STEMS', 'MLP', 'ResNet', 'BasicBlock', 'Bottleneck',
     'create_encoder', 'feature_dim', 'scaled_channels', 'resnet10', 'resnet18',
-    'resnet34', 'resnet50', 'resnet101', 'resnet152',
+    'resnet34', 'resnet50', 'resnet101', 'resnet152', 'total_stride',
 ]
 
 # Name (as in `config.model.name`) -> constructor taking ResNet's keywords.

@@ -244,6 +244,11 @@ class ResNet(nn.Module):
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
+def total_stride(stem: str) -> int:
+  """Input pixels per output position of the last stage: 3 strided stages, x4 for the ImageNet stem."""
+  return 8 * (4 if stem == 'imagenet' else 1)
+
+
 def _variant(stage_sizes: Sequence[int], block: BlockType,
              doc: str) -> Callable[..., ResNet]:
   """A named constructor taking ResNet's remaining fields as keywords."""
