@@ -10,7 +10,6 @@ r"""sslx entry point: pretraining and transfer-evaluation jobs chosen by config.
 """
 
 import importlib
-import logging as std_logging
 import os
 import sys
 
@@ -25,6 +24,7 @@ from ml_collections import config_flags
 from sslx import errors
 from sslx import mesh
 from sslx import preemption
+from sslx import quiet_noise
 
 JOBS = ("pretrain", "knn_eval", "linear_eval", "finetune")
 
@@ -55,32 +55,7 @@ def main(argv):
     sys.exit(2)
 
 
-class _QuietLibraries:
-  """Drops the INFO chatter of libraries (orbax logs every save, tfds every read)."""
-
-  _PACKAGES = tuple(f"{os.sep}{name}{os.sep}" for name in ("orbax", "tensorflow_datasets"))
-
-  def filter(self, record) -> bool:
-    return record.levelno > std_logging.INFO or not any(
-        package in record.pathname for package in self._PACKAGES)
-
-
-def _ignore_closed_event_loop(unraisable) -> None:
-  """Orbax's asyncio threads can outlive their event loop at exit after a failed restore.
-
-  Python then prints "Exception ignored ... RuntimeError: Event loop is
-  closed" with a traceback, after (or even before) sslx's one-line error: noise
-  that reads like a crash. Only that exception is silenced; others print.
-  """
-  if (isinstance(unraisable.exc_value, RuntimeError)
-      and str(unraisable.exc_value) == "Event loop is closed"):
-    logging.debug("ignored at exit: %s", unraisable.exc_value)
-    return
-  sys.__unraisablehook__(unraisable)
-
-
 if __name__ == "__main__":
-  sys.unraisablehook = _ignore_closed_event_loop
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  quiet_noise.install()
   app.run(main)

@@ -20,6 +20,7 @@ evaluation preset's usual architecture.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -96,8 +97,8 @@ def load_backbone(config) -> Backbone:
     model_config = _model_from(config, None)
     encoder = models.create_encoder(model_config)
     size = config.data.image_size or config.random_init_defaults.image_size
-    variables = encoder.init(jax.random.PRNGKey(config.seed + 1),
-                             jnp.zeros((1, size, size, 3)), train=False)
+    init = jax.jit(functools.partial(encoder.init, train=False))  # one compile, not one per op
+    variables = init(jax.random.PRNGKey(config.seed + 1), jnp.zeros((1, size, size, 3)))
     return Backbone(model_config, dict(variables), dict(
         checkpoint=workdir, step=None, method=None, pretrain_dataset=None,
         pretrain_image_size=None))

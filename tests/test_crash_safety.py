@@ -17,7 +17,7 @@ from tests.test_transfer_main import TINY_EVAL
 
 @pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_path):
-  overrides = [*TINY_FLAGS, "--config.train_steps=8", "--config.checkpoint_every_steps=2",
+  overrides = [*TINY_FLAGS, "--config.train_steps=6", "--config.checkpoint_every_steps=2",
                "--config.log_every_steps=1", "--config.cpu_devices=2",
                f"--config.data.data_dir={tmp_path / 'tfds'}",
                "--config.eval.knn=False", "--config.eval.linear=False"]
@@ -30,7 +30,7 @@ def test_kill_9_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_p
   kills = [e for e in events if e["event"] == "kill"]
   assert 1 <= len(kills) <= 2 and all(e["newest_readable"] for e in kills)
   assert summary["kills"] >= 1  # at least one landed before the run ended
-  assert summary["final_step"] == summary["reference_step"] == 8
+  assert summary["final_step"] == summary["reference_step"] == 6
   # Bit for bit: every weight, BN statistic, optimizer moment, EMA weight, step and rng.
   assert summary["bitwise_equal_arrays"] == summary["arrays"] > 100
 

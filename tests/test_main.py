@@ -39,7 +39,8 @@ def _main(workdir, tfds_dir, *flags):
 @pytest.mark.slow
 def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir):
   workdir = str(tmp_path / "run")
-  first = _main(workdir, tfds_dir, "--config.train_steps=4", "--config.cpu_devices=2")
+  first = _main(workdir, tfds_dir, "--config.train_steps=4", "--config.cpu_devices=2",
+                "--config.eval.max_train_examples=512")
   assert first.returncode == 0, first.stderr[-3000:]
   assert "kNN (k=20, T=0.1) top-1 on mnist5k test: pretrained" in first.stdout
   assert "linear probe top-1 on mnist5k test: pretrained" in first.stdout
@@ -98,6 +99,7 @@ def test_every_method_pretrains_checkpoints_and_evaluates(tmp_path, tfds_dir, co
          "--config.model.width=0.125", "--config.batch_size=32", "--config.train_steps=2",
          "--config.optimizer.warmup_epochs=0", "--config.eval.batch_size=256",
          "--config.eval.linear=False", "--config.eval.max_train_examples=512",
+         "--config.eval.compare_random_init=False",  # test_main_trains... covers the baseline
          "--config.log_every_steps=1", "--config.cpu_devices=2", *METHOD_FLAGS[config_arg]]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
   result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -117,6 +119,23 @@ def test_every_method_pretrains_checkpoints_and_evaluates(tmp_path, tfds_dir, co
   eval_config.data.data_dir = tfds_dir
   results = knn_eval.run(eval_config, str(tmp_path / "knn"))
   assert results["method"] == method and results["step"] == 2 and results["num_labelled"] == 200
+
+
+def test_log_filter_drops_only_orbax_and_tfds_info_and_unretrieved_asyncio_failures():
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  from sslx import quiet_noise  # pylint: disable=g-import-not-at-top
+
+  def record(name, level, msg, path="/x.py"):
+    return std_logging.LogRecord(name, level, path, 1, msg, None, None)
+
+  keep = quiet_noise.QuietLibraries().filter
+  # After a failed restore, sibling reads' failures are never retrieved: noise.
+  assert not keep(record("asyncio", std_logging.ERROR, "Task exception was never retrieved"))
+  assert not keep(record("orbax", std_logging.INFO, "saved", "/site-packages/orbax/x.py"))
+  # Everything else is kept: other asyncio errors, library warnings, sslx's own logs.
+  assert keep(record("asyncio", std_logging.ERROR, "Exception in callback"))
+  assert keep(record("orbax", std_logging.WARNING, "slow", "/site-packages/orbax/x.py"))
+  assert keep(record("absl", std_logging.INFO, "step 1/2", "/work/sslx/progress.py"))
 
 
 def test_main_reports_bad_input_without_a_stack_trace(tmp_path, tfds_dir):
