@@ -21,7 +21,10 @@ measures, after warm-up, for --seconds each:
 Images are source images (each gives the method's views). One JSON line per
 measurement goes to stdout (and --out), then a Markdown table. `--cores=N`
 pins the process to N cores before TensorFlow and XLA start, so their thread
-pools are sized to N (1 vs 2 cores: the pipeline's scaling).
+pools are sized to N (1 vs 2 cores: the pipeline's scaling). `--profile=DIR`
+traces one step after the `step` measurement and prints a `profile` line: the
+share of the step's operation time taken by each kind of XLA operation
+(convolution fusions, transposes, all-reduces, elementwise fusions, ...).
 """
 
 import os
@@ -31,10 +34,17 @@ import sys
 for _arg in sys.argv:
   if _arg.startswith("--cores="):
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:int(_arg.split("=")[1])]))
+  if _arg.startswith("--profile=") and "xla_cpu_enable_xprof_traceme" not in os.environ.get(
+      "XLA_FLAGS", ""):  # XLA:CPU names each operation in the trace only with this flag
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_enable_xprof_traceme=true"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import json  # pylint: disable=g-import-not-at-top,wrong-import-position
+import collections  # pylint: disable=g-import-not-at-top,wrong-import-position
+import glob
+import gzip
+import json
+import re
 import resource
 import time
 
@@ -58,6 +68,9 @@ _SECONDS = flags.DEFINE_float("seconds", 15.0, "Measuring time per measurement (
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps/batches before measuring.")
 _CORES = flags.DEFINE_integer("cores", None, "Pin to this many cores (parsed before imports).")
 _OUT = flags.DEFINE_string("out", None, "Append the JSON lines to this file.")
+_PROFILE = flags.DEFINE_string(
+    "profile", None, "With --what=step: trace one more step into this directory (TensorBoard / "
+    "Perfetto) and print where its time goes, by XLA operation kind.")
 flags.mark_flags_as_required(["config"])
 
 # Dense peak FLOP/s per JAX device, by device_kind substring and compute dtype.
@@ -120,6 +133,42 @@ def _peak_memory() -> tuple[str, int]:
   return "host_peak_rss_bytes", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+# Host-side wrappers in the trace, not operations of the step.
+_NOT_OPERATIONS = re.compile(r"^\$|\s|^(PjitFunction|Rendezvous|ThunkExecutor)")
+
+
+def profile_step(run_step, directory: str, top: int = 12) -> dict:
+  """Traces one call of run_step() and sums the trace's operation time by kind.
+
+  XLA names each executed operation `<kind>.<id>` (`ynn_fusion.12`,
+  `transpose_copy_fusion.3`, `all-reduce.7`; GPU kernels are named likewise
+  or after their library call). Summing over ids gives where the step's time
+  goes. With several devices (or threads) operations overlap, so the total is
+  device-time, not wall time.
+  """
+  before = set(glob.glob(os.path.join(directory, "**", "*.trace.json.gz"), recursive=True))
+  with jax.profiler.trace(directory, create_perfetto_trace=True):
+    run_step()
+  traces = set(glob.glob(os.path.join(directory, "**", "*.trace.json.gz"), recursive=True))
+  new = sorted(traces - before)
+  if not new:
+    return {"error": f"no Perfetto trace written under {directory}"}
+  with gzip.open(new[-1]) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  by_kind, counts = collections.Counter(), collections.Counter()
+  for event in events:
+    if event.get("ph") != "X" or _NOT_OPERATIONS.search(event.get("name", "")):
+      continue
+    kind = re.sub(r"[.:]\d+$", "", event["name"])
+    by_kind[kind] += event.get("dur", 0)
+    counts[kind] += 1
+  total = sum(by_kind.values())
+  return {"trace": new[-1], "op_time_ms": round(total / 1e3, 1), "top": [
+      {"kind": kind, "share": round(t / total, 3), "ms": round(t / 1e3, 1), "count": counts[kind]}
+      for kind, t in by_kind.most_common(top)]}
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -171,7 +220,6 @@ def main(argv):
       holder["state"], metrics = compiled(holder["state"], batch)
       jax.block_until_ready(metrics["loss"])
     calls, elapsed = _timed(step, _SECONDS.value, _WARMUP.value)
-    state = holder["state"]
     # XLA's cost analysis of the SPMD program is per device.
     flops_step = _flops(compiled)
     flops_image = flops_step * devices / config.batch_size if flops_step else None
@@ -182,6 +230,12 @@ def main(argv):
     emit("step", calls, elapsed, compile_s=round(compile_s, 2), step_ms=round(step_s * 1e3, 2),
          gflops_per_image=round(flops_image / 1e9, 3) if flops_image else None,
          mfu=round(mfu, 4) if mfu else None, **{memory_key: memory})
+    if _PROFILE.value:
+      row = dict(what="profile", **base, **profile_step(step, _PROFILE.value))
+      print(json.dumps(row), flush=True)
+      for entry in row.get("top", []):
+        print(f"  {entry['share']:6.1%} {entry['ms']:10.1f} ms  x{entry['count']:<5d} {entry['kind']}")
+    state = holder["state"]
 
   if "input" in _WHAT.value:
     it = data.make_pretrain_iterator(config.data, config.views,

@@ -16,7 +16,7 @@ def test_benchmark_reports_step_input_and_end_to_end(tmp_path):
   cmd = [sys.executable, "experiments/benchmark.py", "--config=configs/byol.py",
          f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.model.width=0.125",
          "--config.batch_size=16", "--config.cpu_devices=2", "--seconds=0.5", "--warmup=1",
-         f"--out={out}"]
+         f"--out={out}", f"--profile={tmp_path / 'trace'}"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
   result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -31,6 +31,14 @@ def test_benchmark_reports_step_input_and_end_to_end(tmp_path):
   assert step["compile_s"] > 0 and step["host_peak_rss_bytes"] > 0 and step["mfu"] is None
   assert rows[2]["bottleneck"] in ("step", "input")
   assert "| step |" in result.stdout  # the Markdown table
+  # --profile: one traced step, its operation time split by kind of XLA operation.
+  profile = next(json.loads(line) for line in result.stdout.splitlines()
+                 if line.startswith('{"what": "profile"'))
+  shares = [entry["share"] for entry in profile["top"]]
+  assert profile["op_time_ms"] > 0 and all(0 < s <= 1 for s in shares) and sum(shares) <= 1.001
+  assert shares == sorted(shares, reverse=True)
+  assert any("fusion" in e["kind"] or "convolution" in e["kind"] for e in profile["top"])
+  assert os.path.exists(profile["trace"])
 
 
 def test_peak_flops_table():
