@@ -12,7 +12,6 @@ queue). Everything that changes is in TrainState, so a resumed run continues
 exactly.
 """
 
-import functools
 import json
 import os
 import time
@@ -212,9 +211,7 @@ class Trainer:
     return knn.make_embed_fn(self.method.encoder, self.info.mean, self.info.std, self.dtype)
 
   def random_encoder_variables(self, seed: int):
-    # Jitted: op by op, init compiles every initializer separately (5 s for a ResNet-10 on CPU).
-    init = jax.jit(functools.partial(self.method.encoder.init, train=False))
-    return init(jax.random.PRNGKey(seed + 1), self._dummy_images)
+    return models.init_variables(self.method.encoder, seed + 1, self._dummy_images)
 
   def evaluate_encoders(self, encoders: dict[str, PyTree]) -> dict[str, dict[str, float]]:
     """kNN and linear-probe accuracy on the test split for each named encoder.

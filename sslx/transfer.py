@@ -20,7 +20,6 @@ evaluation preset's usual architecture.
 """
 
 import dataclasses
-import functools
 import json
 import os
 import re
@@ -97,9 +96,8 @@ def load_backbone(config) -> Backbone:
     model_config = _model_from(config, None)
     encoder = models.create_encoder(model_config)
     size = config.data.image_size or config.random_init_defaults.image_size
-    init = jax.jit(functools.partial(encoder.init, train=False))  # one compile, not one per op
-    variables = init(jax.random.PRNGKey(config.seed + 1), jnp.zeros((1, size, size, 3)))
-    return Backbone(model_config, dict(variables), dict(
+    variables = models.init_variables(encoder, config.seed + 1, jnp.zeros((1, size, size, 3)))
+    return Backbone(model_config, variables, dict(
         checkpoint=workdir, step=None, method=None, pretrain_dataset=None,
         pretrain_image_size=None))
   variables, pretrain_config, step = checkpointing.load_encoder(workdir, step)

@@ -1,8 +1,10 @@
 """Encoders and heads, and building an encoder from the `model` config section."""
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from sslx import errors
@@ -13,7 +15,7 @@ from sslx.models.resnet import (LAYER_GROUPS, STEMS, BasicBlock, Bottleneck, Res
 
 __all__ = [
     'LAYER_GROUPS', 'MODELS', 'STEMS', 'MLP', 'ResNet', 'BasicBlock', 'Bottleneck',
-    'create_encoder', 'feature_dim', 'scaled_channels', 'resnet10', 'resnet18',
+    'create_encoder', 'feature_dim', 'init_variables', 'scaled_channels', 'resnet10', 'resnet18',
     'resnet34', 'resnet50', 'resnet101', 'resnet152', 'total_stride',
 ]
 
@@ -76,3 +78,14 @@ def create_encoder(model_config: Any, dtype: Any = jnp.float32,
 def feature_dim(model_config: Any) -> int:
   """Size of the representation the configured encoder returns."""
   return _build(model_config, jnp.float32).feature_dim
+
+
+def init_variables(module: nn.Module, seed: int, images: jax.Array) -> dict:
+  """Freshly initialised (eval-mode) variables of `module`, in one compiled call.
+
+  Op by op, `init` compiles every initializer separately: about 5 s for a
+  ResNet-10 on CPU, against one short compilation here.
+  """
+  init = jax.jit(functools.partial(module.init, train=False))
+  return dict(init(jax.random.PRNGKey(seed), images))
+
