@@ -15,6 +15,7 @@ a half-written checkpoint that `latest_step()` would pick up.
 
 import json
 import os
+import time
 from typing import Any
 
 from absl import logging
@@ -238,12 +239,29 @@ def _restore_to_local_device(manager, step: int, items) -> dict:
   return manager.restore(step, args=ocp.args.Composite(**args))
 
 
+def _retry_vanished(list_steps, attempts: int = 20):
+  """Runs `list_steps` again when a step directory vanishes while Orbax lists them.
+
+  Orbax lists the step directories, then stats each one; a live writer's
+  keep-N deletion between the two raises FileNotFoundError from the stat.
+  The listing is simply stale, so a fresh one is correct.
+  """
+  for attempt in range(attempts):
+    try:
+      return list_steps()
+    except FileNotFoundError:
+      if attempt == attempts - 1:
+        raise
+      time.sleep(0.05)
+  raise AssertionError("unreachable")
+
+
 def _open_read_only(workdir: str) -> Checkpointer:
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise errors.CheckpointError(
         f"No checkpoints under {directory}: is {workdir!r} a pretraining workdir?")
-  return Checkpointer(workdir, max_to_keep=1, read_only=True)
+  return _retry_vanished(lambda: Checkpointer(workdir, max_to_keep=1, read_only=True))
 
 
 def _read(workdir: str, step: int | None, items) -> tuple[dict, int]:
@@ -262,7 +280,7 @@ def _read(workdir: str, step: int | None, items) -> tuple[dict, int]:
 
 def _read_with_retries(ckpt: Checkpointer, step: int | None, items) -> tuple[dict, int]:
   for attempt in range(5):
-    ckpt.manager.reload()
+    _retry_vanished(ckpt.manager.reload)
     wanted = ckpt.latest_step() if step is None else step
     if wanted is None or wanted not in ckpt.manager.all_steps():
       raise errors.CheckpointError(
@@ -273,7 +291,7 @@ def _read_with_retries(ckpt: Checkpointer, step: int | None, items) -> tuple[dic
     except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise bare Exception)
       # Orbax deletes an old step item by item after committing a newer one,
       # so a step that vanished, or is no longer the newest, was being removed.
-      ckpt.manager.reload()
+      _retry_vanished(ckpt.manager.reload)
       replaced = (not os.path.isdir(os.path.join(ckpt.directory, str(wanted)))
                   or ckpt.latest_step() != wanted)
       if step is None and replaced and attempt < 4:

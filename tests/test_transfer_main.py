@@ -145,3 +145,24 @@ def test_main_reports_a_missing_checkpoint_without_a_stack_trace(tmp_path, tfds_
                      f"--config.checkpoint={tmp_path / 'missing'}")
   assert result.returncode == 2
   assert "No checkpoints under" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_step_deleted_while_orbax_lists_the_steps_is_not_an_error(pretrained, monkeypatch):
+  # Orbax lists the step directories, then stats each; a live writer's keep-N
+  # deletion in between raises FileNotFoundError (seen in CI). The reader must
+  # list again, not fail. Here every other listing hits that race.
+  import orbax.checkpoint as ocp
+  from sslx import checkpointing
+  listings = {"calls": 0}
+  load_infos = ocp.CheckpointManager._load_checkpoint_infos
+
+  def racy_load_infos(self, *args, **kwargs):
+    listings["calls"] += 1
+    if listings["calls"] % 2 == 1:
+      raise FileNotFoundError(2, "No such file or directory", f"{self.directory}/1")
+    return load_infos(self, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "_load_checkpoint_infos", racy_load_infos)
+  encoder, config, step = checkpointing.load_encoder(pretrained)
+  assert step == 2 and config["method"] == "byol" and "params" in encoder
+  assert listings["calls"] >= 4  # the opening and the reload each failed once, then listed again
