@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 
+import orbax.checkpoint as ocp
 import pytest
 
+from sslx import checkpointing
 from sslx import errors
 from sslx import knn_eval
 from sslx import linear_eval
@@ -151,8 +153,6 @@ def test_a_step_deleted_while_orbax_lists_the_steps_is_not_an_error(pretrained, 
   # Orbax lists the step directories, then stats each; a live writer's keep-N
   # deletion in between raises FileNotFoundError (seen in CI). The reader must
   # list again, not fail. Here every other listing hits that race.
-  import orbax.checkpoint as ocp
-  from sslx import checkpointing
   listings = {"calls": 0}
   load_infos = ocp.CheckpointManager._load_checkpoint_infos
 
