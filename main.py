@@ -39,9 +39,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   config = _CONFIG.value
-  mesh.split_cpu_into_devices(config)
   job = config.get("job", "pretrain")
   try:
+    mesh.split_cpu_into_devices(config)
+    mesh.choose_cpu_conv_backend(config)
     if job not in JOBS:
       raise errors.ConfigError(f"Unknown job {job!r} (config.job); valid jobs: {', '.join(JOBS)}.")
     importlib.import_module(f"sslx.{job}").run(config, _WORKDIR.value)

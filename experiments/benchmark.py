@@ -173,6 +173,7 @@ def main(argv):
   del argv
   config = _CONFIG.value
   mesh_lib.split_cpu_into_devices(config)  # the CPU device split main.py uses
+  mesh_lib.choose_cpu_conv_backend(config)  # and its convolution library
   unknown = set(_WHAT.value) - {"step", "input", "end_to_end"}
   if unknown:
     raise app.UsageError(f"--what: unknown {sorted(unknown)}; valid: step, input, end_to_end")
@@ -186,6 +187,8 @@ def main(argv):
               image_size=config.data.image_size, batch_size=config.batch_size,
               dtype=config.dtype, device=f"{devices} x {device.device_kind}",
               cores=len(os.sched_getaffinity(0)))
+  if device.platform == "cpu":  # what XLA_FLAGS made of config.cpu_conv_backend
+    base["xla_flags"] = os.environ.get("XLA_FLAGS", "")
   rows, rates = [], {}
   num_views = len(config.views)
   size = config.data.image_size

@@ -148,6 +148,9 @@ def base_config() -> ml_collections.ConfigDict:
   # same results). 0: the most cores that divide batch_size and
   # eval.batch_size. Ignored where XLA_FLAGS already sets a device count.
   c.cpu_devices = 0
+  # CPU-only hosts: the library XLA runs convolutions with, 'eigen' (faster
+  # here, sslx.mesh.choose_cpu_conv_backend) or 'ynnpack' (jaxlib's default).
+  c.cpu_conv_backend = 'eigen'
   return c
 
 

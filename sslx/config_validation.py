@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from sslx import mesh
 from sslx import models
 from sslx import optim
 
@@ -77,6 +78,7 @@ TOP_LEVEL = {
     "checkpoint_every_steps": POSITIVE_INT,
     "keep_checkpoints": POSITIVE_INT,
     "cpu_devices": NON_NEGATIVE_INT,
+    "cpu_conv_backend": one_of(*mesh.CPU_CONV_BACKENDS),
     "resume_from_older": BOOL,
     "data.image_size": POSITIVE_INT,
     "data.eval_crop_fraction": OPEN_UNIT_INTERVAL,

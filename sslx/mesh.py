@@ -7,7 +7,9 @@ therefore span the global batch, and XLA inserts the cross-device collectives.
 The same code runs on 1 CPU device, 8 fake CPU devices, a GPU or a TPU pod.
 """
 
+import importlib.util
 import os
+import pkgutil
 from typing import Any
 
 import jax
@@ -37,6 +39,56 @@ def split_cpu_into_devices(config) -> None:
     count = max(d for d in range(1, (os.cpu_count() or 1) + 1)
                 if all(b % d == 0 for b in batches))
   os.environ["XLA_FLAGS"] = f"{flags_now} --xla_force_host_platform_device_count={count}".strip()
+
+
+# XLA:CPU libraries that can run the convolutions (forward and both backward
+# passes). jaxlib 0.10 hands them to YNNPACK by default; XLA's older Eigen
+# kernels ran the ResNet-18 BYOL step 1.33x faster, their weight gradients
+# 1.7x to 3.3x faster, on this project's 2-core AVX-512 CPU
+# (experiments/RESULTS.md, "Which library runs XLA:CPU's convolutions").
+# YNNPACK keeps the reductions and elementwise fusions: XLA's own loops ran
+# the BatchNorm reductions 5x slower.
+CPU_CONV_BACKENDS = ("eigen", "ynnpack")
+_YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+# The first jaxlib release checked to know the flag (0.7.2 and 0.8.0 do not).
+_FIRST_JAXLIB_WITH_YNN_FUSIONS = (0, 8, 3)
+
+
+def choose_cpu_conv_backend(config) -> None:
+  """Sets which library runs convolutions on the host platform (config.cpu_conv_backend).
+
+  Like the device split, it must run before JAX initialises its backends. A
+  ynn fusion setting the user put in XLA_FLAGS wins, and hosts with a GPU or
+  TPU plugin installed are left as they are.
+  """
+  backend = config.get("cpu_conv_backend", "eigen")
+  if backend not in CPU_CONV_BACKENDS:
+    raise errors.ConfigError(
+        f"config.cpu_conv_backend={backend!r}; it must be one of {', '.join(map(repr, CPU_CONV_BACKENDS))}.")
+  flags_now = os.environ.get("XLA_FLAGS", "")
+  if (backend == "ynnpack" or _YNN_FUSION_FLAG in flags_now or not _jaxlib_has_ynn_fusions()
+      or _accelerator_plugin_installed()):
+    return
+  # Only convolutions leave YNNPACK; its dots, reductions and elementwise fusions stay.
+  os.environ["XLA_FLAGS"] = f"{flags_now} {_YNN_FUSION_FLAG}=-individual_convolution".strip()
+
+
+def _jaxlib_has_ynn_fusions() -> bool:
+  # XLA aborts the process on a flag it does not know, and older jaxlibs do
+  # not know this one.
+  import jaxlib.version  # pylint: disable=g-import-not-at-top
+  return tuple(jaxlib.version.__version_info__[:3]) >= _FIRST_JAXLIB_WITH_YNN_FUSIONS
+
+
+def _accelerator_plugin_installed() -> bool:
+  # A GPU/TPU host computes on the accelerator, and its plugin's own XLA build
+  # also reads XLA_FLAGS: leave the CPU-only flag out there.
+  if importlib.util.find_spec("libtpu") is not None:
+    return True
+  if importlib.util.find_spec("jax_plugins") is None:  # jax's namespace for GPU plugins
+    return False
+  import jax_plugins  # pylint: disable=g-import-not-at-top
+  return any(True for _ in pkgutil.iter_modules(jax_plugins.__path__))
 
 
 def initialize_distributed(enabled: bool) -> None:

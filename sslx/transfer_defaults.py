@@ -88,4 +88,5 @@ def base_transfer_config(job: str, preset: str, config_file: str) -> ml_collecti
   c.distributed = pretrain.distributed
   c.num_devices = placeholder(int)
   c.cpu_devices = 0
+  c.cpu_conv_backend = 'eigen'  # as pretraining's (sslx/config_defaults.py)
   return c

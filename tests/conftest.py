@@ -28,4 +28,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from sslx import mesh  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# The convolution library main.py chooses (importing jax does not start a backend).
+mesh.choose_cpu_conv_backend({})
+
 jax.config.update("jax_threefry_partitionable", True)
