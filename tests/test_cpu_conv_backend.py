@@ -29,7 +29,7 @@ SHAPE = (8, 16, 16, 64)
 # Runs the same convolution's forward and both backward passes, then prints
 # whether YNNPACK got a convolution and the gradients.
 _PROBE = r"""
-import json, sys
+import json
 import jax, jax.numpy as jnp
 from jax import lax
 x = jax.random.normal(jax.random.key(0), SHAPE)
