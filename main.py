@@ -6,10 +6,9 @@ r"""sslx entry point: pretraining and transfer-evaluation jobs chosen by config.
   python main.py --config=configs/linear_eval.py --workdir=/tmp/byol_linear \
       --config.checkpoint=/tmp/byol
 
-`config.job` names the module under sslx/ that runs (default 'pretrain').
+`config.job` names the job of sslx/jobs that runs (default 'pretrain').
 """
 
-import importlib
 import os
 import sys
 
@@ -22,11 +21,11 @@ from absl import logging
 from ml_collections import config_flags
 
 from sslx import errors
-from sslx import mesh
-from sslx import preemption
-from sslx import quiet_noise
-
-JOBS = ("pretrain", "knn_eval", "linear_eval", "finetune")
+from sslx.config import overrides
+from sslx.core import mesh
+from sslx.core import preemption
+from sslx.core import quiet_noise
+from sslx.jobs import JOBS
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with a preset: configs/byol.py:cifar10.",
@@ -43,9 +42,7 @@ def main(argv):
   try:
     mesh.split_cpu_into_devices(config)
     mesh.choose_cpu_conv_backend(config)
-    if job not in JOBS:
-      raise errors.ConfigError(f"Unknown job {job!r} (config.job); valid jobs: {', '.join(JOBS)}.")
-    importlib.import_module(f"sslx.{job}").run(config, _WORKDIR.value)
+    JOBS.get(job)(config, _WORKDIR.value)
   except errors.Preempted as e:
     logging.warning("%s", e)
     print(str(e), file=sys.stderr, flush=True)
@@ -57,6 +54,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  try:  # a misspelt or mistyped --config.x=y: one line, not ml_collections' traceback
+    overrides.check_argv(sys.argv)
+  except errors.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
   logging.set_verbosity(logging.INFO)
   quiet_noise.install()
   app.run(main)

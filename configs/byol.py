@@ -28,7 +28,7 @@ Override anything: --config.train_steps=200 --config.batch_size=128
 
 import ml_collections
 
-from sslx import config_defaults
+from sslx.config import defaults as config_defaults
 
 
 def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:

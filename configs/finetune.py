@@ -15,10 +15,10 @@ learning rate 0.05 x batch/256, no weight decay, random crop and flip only;
 sslx gives the pretrained encoder 0.1 x the head's learning rate
 (`finetune.backbone_lr_ratio`); `checkpoint=scratch` trains every layer at the
 head's rate. The mnist5k preset was chosen by the runs in experiments/README.md.
-Fields are documented in sslx/transfer_defaults.py.
+Fields are documented in sslx/config/transfer_defaults.py.
 """
 
-from sslx import transfer_defaults
+from sslx.config import transfer_defaults as transfer_defaults
 
 
 def get_config(preset: str = "mnist5k"):

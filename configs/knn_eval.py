@@ -9,10 +9,10 @@ The part after ':' is the evaluation dataset's preset (mnist5k, the default;
 cifar10; cifar100; imagenet); `--config.data.dataset` takes any sslx dataset.
 Weighted kNN with cosine similarity, k=200 and T=0.1 as in InstDisc (Wu et
 al., 2018) and solo-learn; k=20 on mnist5k, whose bank is 4,000 images.
-Fields are documented in sslx/transfer_defaults.py.
+Fields are documented in sslx/config/transfer_defaults.py.
 """
 
-from sslx import transfer_defaults
+from sslx.config import transfer_defaults as transfer_defaults
 
 
 def get_config(preset: str = "mnist5k"):

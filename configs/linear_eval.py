@@ -13,10 +13,10 @@ features, L2 from a grid. Augmented path: SGD + Nesterov on random crops and
 flips, a grid of learning rates and weight decays trained as parallel heads;
 on ImageNet the papers train 90-100 epochs at batch 256-1024 (BYOL Appendix
 C.1, SimCLR Appendix B.6), set here for the imagenet preset.
-Fields are documented in sslx/transfer_defaults.py.
+Fields are documented in sslx/config/transfer_defaults.py.
 """
 
-from sslx import transfer_defaults
+from sslx.config import transfer_defaults as transfer_defaults
 
 
 def get_config(preset: str = "mnist5k"):

@@ -38,7 +38,7 @@ v3 presets:
 
 import ml_collections
 
-from sslx import config_defaults
+from sslx.config import defaults as config_defaults
 
 VERSIONS = ("v2", "v3")
 

@@ -25,7 +25,7 @@ Presets (the part after ':'):
 
 import ml_collections
 
-from sslx import config_defaults
+from sslx.config import defaults as config_defaults
 
 
 def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:

@@ -30,7 +30,7 @@ projector_hidden_dims=(2048, 2048) and projector_last_bn=True for SimCLR v2's
 
 import ml_collections
 
-from sslx import config_defaults
+from sslx.config import defaults as config_defaults
 
 
 def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:

@@ -10,14 +10,14 @@ Without --config it measures the BYOL two-view presets `configs/byol.py`
 cifar10_5k.npz (32 px; skipped with a message if the file is absent).
 
 Both placements run the same crop + flip (`make_pretrain_iterator`,
-unchanged) and the same photometric work (sslx/augment.py's ops, slots of
+unchanged) and the same photometric work (sslx/data/augment.py's ops, slots of
 the random draws and op structure), and deliver normalised float32 views:
 
   host    tf.data: crop + flip, then the TF photometric ops below and
           normalisation, float32 [B, V, S, S, 3]; pulled to numpy and
           `device_put`.
   device  tf.data: crop + flip, uint8 [B, V, S, S, 3]; then jitted
-          `sslx.augment.augment_views` on the JAX CPU device,
+          `sslx.data.augment.augment_views` on the JAX CPU device,
           `block_until_ready`.
 
 Each CPU budget in --threads runs in a fresh subprocess pinned to that many
@@ -56,9 +56,10 @@ from ml_collections import config_flags
 import numpy as np
 import tensorflow as tf
 
-from sslx import augment
+from sslx.data import augment
 from sslx.data import datasets
 from sslx.data import input_pipeline
+from sslx.data import views as views_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file; default: byol.py and byol.py:cifar10.",
@@ -75,7 +76,7 @@ _CIFAR_NPZ = os.path.normpath(
 _ALG = "philox"
 
 # ---------------------------------------------------- TF photometric ops ----
-# Slots of the per-image uniforms, as in sslx/augment.py: jitter coin,
+# Slots of the per-image uniforms, as in sslx/data/augment.py: jitter coin,
 # 4 jitter factors, 4 order keys, gray coin, blur coin, blur sigma, solarize.
 _NUM_U = 13
 B, C, S, H = augment.BRIGHTNESS, augment.CONTRAST, augment.SATURATION, augment.HUE
@@ -116,7 +117,7 @@ def tf_hue(x, delta):
 def tf_jitter(x, u, p):
   """Brightness, contrast, saturation, hue in a random order per image.
 
-  As sslx/augment.py: the three blends (with 0, the mean luma, the luma) run
+  As sslx/data/augment.py: the three blends (with 0, the mean luma, the luma) run
   in 3 slots before and 3 after a single hue step, each slot masked to
   identity on the other side of the image's hue position.
   """
@@ -185,7 +186,7 @@ def host_map(config, info):
 
   Stateless: view i of batch `step` draws from fold_in(fold_in(key, step), i).
   """
-  names = sorted(config.views.keys())
+  names = views_lib.group_names(config.views)
   params = [augment.ViewParams.from_config(config.views[n], n) for n in names]
   key = tf.constant([config.seed, 7], tf.int64)
   mean, std = tf.constant(info.mean), tf.constant(info.std)
@@ -193,7 +194,8 @@ def host_map(config, info):
       k, tf.cast(d, tf.int64), alg=_ALG)
 
   def fn(step, ex):
-    images = tf.cast(ex["images"], tf.float32) / 255.0
+    # One crop per view group: stack them as views [B, V, S, S, 3].
+    images = tf.cast(tf.concat([ex["views"][n] for n in names], 1), tf.float32) / 255.0
     n = tf.shape(images)[0]
     views = []
     for i, p in enumerate(params):
@@ -229,19 +231,26 @@ def _wrapped_finish(threads, extra_map=None):
     input_pipeline._finish = orig  # pylint: disable=protected-access
 
 
-def make_iterator(config, threads, extra_map=None):
+def make_iterator(config, threads, extra_map=None, raw=False):
+  """Batches with 'images' [B, V, S, S, 3]: the one-crop view groups, stacked in name order
+  (raw: the pipeline's own {'views': {group: [B, 1, S, S, 3]}, ...})."""
   with _wrapped_finish(threads, extra_map):
-    return input_pipeline.make_pretrain_iterator(
+    it = input_pipeline.make_pretrain_iterator(
         config.data, config.views, global_batch_size=config.batch_size,
         seed=config.seed)
+  if extra_map is not None or raw:
+    return it
+  names = views_lib.group_names(config.views)
+  return ({"images": np.concatenate([b["views"][n] for n in names], 1), "label": b["label"]}
+          for b in it)
 
 
 def device_fn(config, info):
   views = config.views
 
   @jax.jit
-  def fn(key, step, images):
-    return augment.augment_views(jax.random.fold_in(key, step), images, views,
+  def fn(key, step, crops):
+    return augment.augment_views(jax.random.fold_in(key, step), crops, views,
                                  info.mean, info.std)
   return fn
 
@@ -320,16 +329,16 @@ def run_worker(config, threads):
   del it
 
   # (b) device: tf.data crop + flip, uint8; jitted augment_views.
-  it = make_iterator(config, threads)
+  it = make_iterator(config, threads, raw=True)
   step = [0]
 
   def crop_step():
     b = next(it)
-    nbytes["device"] = b["images"].nbytes + b["label"].nbytes
+    nbytes["device"] = sum(v.nbytes for v in b["views"].values()) + b["label"].nbytes
   emit("host_part", "device", *time_it(crop_step, part),
        nbytes=nbytes["device"])
 
-  images = jax.device_put(next(it)["images"])
+  images = jax.device_put(next(it)["views"])
 
   def aug_step():
     step[0] += 1
@@ -339,7 +348,7 @@ def run_worker(config, threads):
   def device_step():
     b = jax.device_put(next(it))
     step[0] += 1
-    jax.block_until_ready(aug(key, step[0], b["images"]))
+    jax.block_until_ready(aug(key, step[0], b["views"]))
   emit("end_to_end", "device", *time_it(device_step, _SECONDS.value),
        nbytes=nbytes["device"])
 

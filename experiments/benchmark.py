@@ -55,11 +55,11 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-from sslx import config_defaults
+from sslx.config import defaults as config_defaults
 from sslx import data
 from sslx import errors
-from sslx import mesh as mesh_lib
-from sslx import pretrain
+from sslx.core import mesh as mesh_lib
+from sslx.jobs import pretrain
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, as for main.py.",
                                           lock_config=True)
@@ -190,8 +190,6 @@ def main(argv):
   if device.platform == "cpu":  # what XLA_FLAGS made of config.cpu_conv_backend
     base["xla_flags"] = os.environ.get("XLA_FLAGS", "")
   rows, rates = [], {}
-  num_views = len(config.views)
-  size = config.data.image_size
 
   trainer = state = batch = compiled = None
   if {"step", "end_to_end"} & set(_WHAT.value):
@@ -200,8 +198,10 @@ def main(argv):
     rng = np.random.default_rng(0)
     local = config.batch_size // jax.process_count()
     batch = mesh_lib.to_global({
-        "images": rng.integers(0, 256, (local, num_views, size, size, 3), dtype=np.uint8),
-        "label": rng.integers(0, 10, (local,), dtype=np.int32)}, mesh)
+        "views": {g.name: rng.integers(0, 256, (local, g.num_crops, g.crop_size, g.crop_size, 3),
+                                       dtype=np.uint8) for g in trainer.view_groups},
+        "label": rng.integers(0, 10, (local,), dtype=np.int32),
+        "index": np.arange(local, dtype=np.int32)}, mesh)
     start = time.perf_counter()
     compiled = trainer.train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start

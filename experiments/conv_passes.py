@@ -17,7 +17,7 @@ import time
 from absl import app
 from absl import flags
 
-from sslx import mesh
+from sslx.core import mesh
 
 _BATCH = flags.DEFINE_integer("batch", 128, "Images per batch.")
 _SIZE = flags.DEFINE_integer("size", 32, "Height and width of the feature map.")

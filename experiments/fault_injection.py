@@ -42,7 +42,7 @@ os.environ["JAX_PLATFORMS"] = "cpu"  # this process only reads checkpoints back
 
 import jax  # pylint: disable=wrong-import-position
 
-from sslx import checkpointing  # pylint: disable=wrong-import-position
+from sslx.core import checkpointing  # pylint: disable=wrong-import-position
 from sslx import errors  # pylint: disable=wrong-import-position
 
 logging.set_verbosity(logging.ERROR)  # Orbax warns on every read-only open

@@ -28,9 +28,121 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from sslx import mesh  # pylint: disable=g-import-not-at-top,wrong-import-position
+from sslx.core import mesh  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # The convolution library main.py chooses (importing jax does not start a backend).
 mesh.choose_cpu_conv_backend({})
 
 jax.config.update("jax_threefry_partitionable", True)
+
+
+# --------------------------------------------------------------------------
+# Shared tiny configs and helpers (import them with `from conftest import ...`).
+# --------------------------------------------------------------------------
+
+import subprocess  # pylint: disable=g-import-not-at-top,wrong-import-position
+import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from sslx import data as _data  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A dataset description for trainer tests that feed synthetic batches.
+INFO = _data.DatasetInfo(name="synthetic", num_classes=10, num_train_examples=64,
+                         pretrain_split="train", train_split="train", test_split="test",
+                         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+# main.py flags that shrink the BYOL quick start to a few seconds.
+TINY_FLAGS = ["--config.model.name=resnet10", "--config.model.width=0.125",
+              "--config.byol.projector_hidden_dim=32", "--config.byol.projector_dim=16",
+              "--config.byol.predictor_hidden_dim=32", "--config.batch_size=32",
+              "--config.optimizer.warmup_epochs=0", "--config.eval.batch_size=256",
+              "--config.log_every_steps=2", "--config.checkpoint_every_steps=2"]
+
+
+# Flags of the transfer jobs' tiny runs through main.py.
+TINY_EVAL = ["--config.eval.batch_size=256", "--config.batch_size=64",
+             "--config.log_every_steps=5", "--config.cpu_devices=2"]
+
+
+def tiny_config(config_name: str = "byol", arg: str | None = None, **overrides):
+  """A method's quick-start config shrunk for tests: ResNet-10 at width 1/8, 16 px, batch 16.
+
+  `arg` is the config's argument (e.g. 'mnist5k,v3' for MoCo v3); keyword
+  arguments override top-level fields.
+  """
+  import importlib  # pylint: disable=g-import-not-at-top
+  module = importlib.import_module(f"configs.{config_name}")
+  c = module.get_config(arg) if arg else module.get_config()
+  c.model.update(name="resnet10", width=0.125)
+  c.data.image_size = 16
+  c.batch_size = 16
+  c.train_steps = 4
+  c.optimizer.warmup_epochs = 0.0
+  if config_name == "byol":
+    c.byol.update(projector_hidden_dim=32, projector_dim=16, predictor_hidden_dim=32)
+    for v in c.views.values():  # exercise every photometric op
+      v.blur_prob = 0.5
+  elif config_name == "simclr":
+    c.simclr.update(projector_hidden_dims=(32,), projector_dim=16, temperature=0.5)
+  elif config_name == "moco":
+    c.moco.update(dim=16, projector_hidden_dims=(32,), predictor_hidden_dims=(32,),
+                  queue_size=32, temperature=0.2, momentum=0.9, bn_groups=1)
+  c.update(overrides)
+  return c
+
+
+def synthetic_batch(config, seed=0):
+  """A host batch as the pipeline yields it: {'views': {group: uint8 [B, n, S, S, 3]}, ...}."""
+  rng = np.random.default_rng(seed)
+  size = config.data.image_size
+  views = {name: rng.integers(0, 256, (config.batch_size, group.get("num_crops", 1), size,
+                                       size, 3), dtype=np.uint8)
+           for name, group in sorted(config.views.items())}
+  return {"views": views,
+          "label": rng.integers(0, 10, (config.batch_size,), dtype=np.int32),
+          "index": rng.permutation(config.batch_size).astype(np.int32)}
+
+
+def method_batch(groups: dict, labels=None):
+  """The batch a method's loss takes, from {group: float [B, S, S, 3] or [B, n, S, S, 3]}."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  views = {k: (v[:, None] if v.ndim == 4 else v) for k, v in groups.items()}
+  n = next(iter(views.values())).shape[0]
+  return {"views": views,
+          "label": jnp.zeros((n,), jnp.int32) if labels is None else labels,
+          "index": jnp.arange(n, dtype=jnp.int32)}
+
+
+def step_rngs(key):
+  """StepRngs with every purpose derived from one key (for calling a method's loss)."""
+  import jax as _jax  # pylint: disable=g-import-not-at-top
+  from sslx.methods import base  # pylint: disable=g-import-not-at-top
+  a, d, p = _jax.random.split(key, 3)
+  return base.StepRngs(augment=a, dropout=d, drop_path=p)
+
+
+def run_steps(config, num_devices, num_steps=2):
+  """`num_steps` train steps of the pretraining Trainer on synthetic batches; (state, losses)."""
+  import jax as _jax  # pylint: disable=g-import-not-at-top
+  from sslx.core import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from sslx.jobs import pretrain  # pylint: disable=g-import-not-at-top
+  mesh_ = mesh_lib.create_mesh(num_devices)
+  trainer = pretrain.Trainer(config, INFO, mesh_)
+  state = trainer.init_state(config.seed)
+  losses = []
+  for i in range(num_steps):
+    state, metrics = trainer.train_step(state, mesh_lib.to_global(synthetic_batch(config, i),
+                                                                  mesh_))
+    losses.append(float(metrics["loss"]))
+  return _jax.device_get(state), losses
+
+
+def run_main(workdir, tfds_dir, *flags, config_file="configs/byol.py", tiny=True, timeout=600):
+  """`python main.py --config=config_file --workdir=...` in a subprocess, on 1 CPU backend."""
+  cmd = [sys.executable, "main.py", f"--config={config_file}", f"--workdir={workdir}",
+         f"--config.data.data_dir={tfds_dir}", *(TINY_FLAGS if tiny else []), *flags]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,4 +1,4 @@
-"""Tests for sslx/augment.py.
+"""Tests for sslx/data/augment.py.
 
 Expected values come from numpy / colorsys references written from
 the formulas in the module docstring, never from the module itself.
@@ -15,8 +15,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 import pytest
 
-from sslx import augment
-from sslx import config_defaults
+from sslx.data import augment
+from sslx.data import views as views_lib
+from sslx.config import defaults as config_defaults
 from sslx import errors
 
 _LUMA = np.array([0.2989, 0.587, 0.114])
@@ -249,7 +250,7 @@ def test_all_probabilities_zero_is_identity():
     v.update(_ALL_OFF)
   u8 = (x * 255).astype(np.uint8)
   images = jnp.asarray(np.stack([u8, u8[::-1]], axis=1))
-  outs = augment.augment_views(jax.random.key(1), images, views, _MEAN, _STD)
+  outs = _views_as_tuple(augment.augment_views)(jax.random.key(1), images, views, _MEAN, _STD)
   for i, out in enumerate(outs):
     want = augment.normalize(jnp.asarray(images[:, i], jnp.float32) / 255.0,
                              _MEAN, _STD)
@@ -323,10 +324,22 @@ def test_bad_config_raises():
   with pytest.raises(errors.ConfigError):
     augment.ViewParams.from_config(config_defaults.view(hue=0.7))
   views = config_defaults.base_config().views
-  with pytest.raises(errors.ConfigError):  # 3 views of images, 2 configs
+  with pytest.raises(errors.ConfigError):  # 3 crops of images, groups of 1
     augment.augment_views(jax.random.key(0),
-                          jnp.zeros((2, 3, 8, 8, 3), jnp.uint8), views, _MEAN,
-                          _STD)
+                          {"v1": jnp.zeros((2, 3, 8, 8, 3), jnp.uint8),
+                           "v2": jnp.zeros((2, 1, 8, 8, 3), jnp.uint8)}, views, _MEAN, _STD)
+  with pytest.raises(errors.ConfigError, match="groups"):  # a group the config lacks
+    augment.augment_views(jax.random.key(0), {"v3": jnp.zeros((2, 1, 8, 8, 3), jnp.uint8)},
+                          views, _MEAN, _STD)
+
+
+def _views_as_tuple(fn):
+  """augment_views on [B, V, S, S, 3] crops of groups v1..vV of one crop each -> V arrays."""
+  def wrapped(rng, images, views_config, mean, std, dtype=jnp.float32):
+    crops = {f"v{i + 1}": images[:, i:i + 1] for i in range(images.shape[1])}
+    out = fn(rng, crops, views_config, mean, std, dtype)
+    return tuple(out[f"v{i + 1}"][:, 0] for i in range(images.shape[1]))
+  return wrapped
 
 
 # ---------------------------------------------------------------------------
@@ -340,7 +353,7 @@ def _jitted_augment_views(dtype, cheap=False):
   if cheap:  # a small graph, where only shapes and dtypes matter
     for v in views.values():
       v.update({**_ALL_OFF, "solarize_prob": 0.5})
-  return jax.jit(functools.partial(augment.augment_views, views_config=views,
+  return jax.jit(functools.partial(_views_as_tuple(augment.augment_views), views_config=views,
                                    mean=_MEAN, std=_STD, dtype=dtype))
 
 
@@ -387,3 +400,25 @@ def test_sharded_batch_matches_unsharded():
   # choose per shard shape.
   for g, w in zip(got, want):
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+def test_multi_crop_groups_number_their_crops_in_order():
+  """Groups of several crops and sizes: crop v of the whole list uses fold_in(rng, v)."""
+  groups = config_defaults.base_config().views
+  groups.v1.update(num_crops=2)
+  groups.v2.update(num_crops=3, crop_size=8)
+  parsed = views_lib.parse_groups(groups, image_size=12, declared=("v1", "v2"))
+  assert [(g.name, g.num_crops, g.crop_size) for g in parsed] == [("v1", 2, 12), ("v2", 3, 8)]
+  rng = np.random.default_rng(3)
+  crops = {"v1": rng.integers(0, 256, (4, 2, 12, 12, 3), dtype=np.uint8),
+           "v2": rng.integers(0, 256, (4, 3, 8, 8, 3), dtype=np.uint8)}
+  key = jax.random.key(7)
+  out = jax.jit(lambda k, c: augment.augment_views(k, c, parsed, _MEAN, _STD))(key, crops)
+  chex.assert_shape(out["v1"], (4, 2, 12, 12, 3))
+  chex.assert_shape(out["v2"], (4, 3, 8, 8, 3))
+  for name, first in (("v1", 0), ("v2", 2)):
+    p = augment.ViewParams.from_config(groups[name])
+    for j in range(crops[name].shape[1]):
+      want = augment.normalize(augment.photometric(jax.random.fold_in(key, first + j),
+                                                   crops[name][:, j], p), _MEAN, _STD)
+      np.testing.assert_allclose(np.asarray(out[name][:, j]), np.asarray(want), atol=1e-5)

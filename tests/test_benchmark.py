@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.test_main import REPO
+from conftest import REPO
 
 
 @pytest.mark.slow

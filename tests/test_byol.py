@@ -8,17 +8,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import byol as byol_config
+from conftest import method_batch, step_rngs, tiny_config
 from sslx.methods import byol
 
 
 def _tiny_config(train_steps=10):
-  c = byol_config.get_config()
-  c.model.update(name="resnet10", width=0.125)
-  c.byol.update(projector_hidden_dim=32, projector_dim=16, predictor_hidden_dim=32,
-                tau_base=0.9)
-  c.train_steps = train_steps
+  c = tiny_config("byol", train_steps=train_steps)
+  c.byol.tau_base = 0.9
   return c
+
+
+def _batch(views):
+  return method_batch({"v1": views[0], "v2": views[1]})
 
 
 def _np_regression(p, z):
@@ -61,11 +62,11 @@ def test_init_target_equals_online(method_and_state):
 
 def test_loss_is_symmetric_regression_of_predictions_on_other_views_targets(method_and_state):
   method, params, batch_stats, state, views = method_and_state
-  loss, out = method.jit_loss(params, batch_stats, state, views, jax.random.PRNGKey(0), 0)
+  loss, out = method.jit_loss(params, batch_stats, state, _batch(views), step_rngs(jax.random.PRNGKey(0)), 0)
 
   @functools.partial(jax.jit, static_argnums=3)
   def run(module_params, module_stats, x, with_predictor):
-    f, _ = method.apply_train(method.encoder, module_params["encoder"], module_stats["encoder"], x)
+    f, _ = method.encode(module_params["encoder"], module_stats["encoder"], x)
     z, _ = method.apply_train(method.projector, module_params["projector"],
                               module_stats["projector"], f)
     if not with_predictor:
@@ -88,7 +89,7 @@ def test_no_gradient_reaches_the_target(method_and_state):
 
   def loss_of(online, target):
     s = dict(state, target_params=target)
-    return method.loss(online, batch_stats, s, views, jax.random.PRNGKey(0), 0)[0]
+    return method.loss(online, batch_stats, s, _batch(views), step_rngs(jax.random.PRNGKey(0)), 0)[0]
 
   g_online, g_target = jax.jit(jax.grad(loss_of, argnums=(0, 1)))(params, state["target_params"])
   for leaf in jax.tree.leaves(g_target):
@@ -100,7 +101,7 @@ def test_no_gradient_reaches_the_target(method_and_state):
 
 def test_target_batch_stats_come_from_the_target_forward_pass(method_and_state):
   method, params, batch_stats, state, views = method_and_state
-  _, out = method.jit_loss(params, batch_stats, state, views, jax.random.PRNGKey(0), 0)
+  _, out = method.jit_loss(params, batch_stats, state, _batch(views), step_rngs(jax.random.PRNGKey(0)), 0)
   before = state["target_batch_stats"]
   after = out.method_state["target_batch_stats"]
   assert not np.allclose(jax.tree.leaves(before)[0], jax.tree.leaves(after)[0])

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tests.test_main import _main
+from conftest import run_main as _main
 
 
 @pytest.mark.slow

@@ -1,14 +1,20 @@
 """Config validation: types and ranges, every problem in one error, before anything is built."""
 
 import importlib
+import os
+import subprocess
+import sys
 
 import pytest
 
-from sslx import config_validation
+from sslx.config import validation as config_validation
 from sslx import errors
 from sslx import methods
-from sslx import pretrain
-from tests.test_train import tiny_config
+from sslx.jobs import pretrain
+from conftest import REPO, tiny_config
+from sslx.config import overrides
+from sslx.core import optim
+from sslx.registry import Registry
 
 SHIPPED = [(m, p) for m in ("byol", "simclr", "moco", "rotnet")
            for p in ("mnist5k", "cifar10", "cifar100", "imagenet")]
@@ -90,6 +96,78 @@ def test_image_size_at_the_stride_is_accepted():
   config = tiny_config()
   config.model.stem = "imagenet"
   config.data.image_size = 32
-  assert not config_validation.image_size_problems(config)
+  assert not config_validation.model_problems(config)
   config.data.image_size = 31
-  assert config_validation.image_size_problems(config)
+  assert config_validation.model_problems(config)
+
+
+@pytest.mark.parametrize("flag, line", [
+    ("--config.dataset=cifar10",
+     "error: --config.dataset: config has no field 'dataset'; did you mean config.data.dataset?"),
+    ("--config.data.datset=x",
+     "error: --config.data.datset: config has no field 'data.datset'; did you mean "
+     "config.data.dataset?"),
+    ("--config.optimizer.lr=1",
+     "error: --config.optimizer.lr: config has no field 'optimizer.lr'; did you mean "
+     "config.optimizer.base_learning_rate or config.optimizer.min_learning_rate_ratio?"),
+    ("--config.batch_size=abc",
+     "error: --config.batch_size=abc: config.batch_size takes an integer, not 'abc'."),
+])
+def test_a_bad_override_is_one_line_and_exit_2(tmp_path, flag, line):
+  result = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/byol.py", f"--workdir={tmp_path / 'w'}", flag],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 2
+  assert result.stderr.strip() == line
+  assert "Traceback" not in result.stderr and not (tmp_path / "w").exists()
+
+
+def test_override_checks_accept_every_valid_form():
+  config = importlib.import_module("configs.moco").get_config("v3")
+  good = [("batch_size", "64"), ("views.v2.solarize_prob", "0.1"), ("eval.knn", "False"),
+          ("moco.version", "v2"), ("eval.knn", None), ("eval.noknn", None),
+          ("eval.max_train_examples", "100"), ("data.data_dir", "/tmp/x")]
+  assert overrides.problems(config, good) == []
+  bad = overrides.problems(config, [("moco.temprature", "0.1"), ("eval.knn", "maybe"),
+                                    ("batch_size.x", "1")])
+  assert bad[0].endswith("did you mean config.moco.temperature?")
+  assert bad[1] == "--config.eval.knn=maybe: config.eval.knn takes True or False."
+  assert "config.batch_size is a value, not a section" in bad[2]
+
+
+@pytest.mark.parametrize("config_file, arg", [
+    ("byol", None), ("simclr", None), ("moco", None), ("moco", "v3"), ("rotnet", None)])
+def test_short_runs_shorten_a_longer_warmup(config_file, arg):
+  config = importlib.import_module(f"configs.{config_file}").get_config(*(arg and [arg] or []))
+  config.train_steps = 20
+  assert config_validation.problems(config) == []
+  steps_per_epoch = 4000 / config.batch_size
+  configured = optim.configured_warmup_steps(config.optimizer.warmup_epochs, steps_per_epoch)
+  used = optim.warmup_steps(config.optimizer, steps_per_epoch, 20)
+  if configured >= 20:
+    assert used == int(20 * optim.SHORT_RUN_WARMUP_FRACTION) == 2
+    _, note = optim.fit_warmup(configured, 20, "config.optimizer.warmup_epochs=2.0")
+    assert note == (f"config.optimizer.warmup_epochs=2.0 is {configured} steps, not fewer than "
+                    "the run's 20: warming up for 2 steps (10% of the run) instead.")
+  else:
+    assert used == configured
+  schedule = optim.learning_rate_schedule(config.optimizer, batch_size=config.batch_size,
+                                          train_steps=20, steps_per_epoch=steps_per_epoch)
+  peak = optim.scaled_learning_rate(config.optimizer, config.batch_size)
+  assert float(schedule(used)) == pytest.approx(peak, rel=1e-5)  # warmup over, then decay
+  assert float(schedule(19)) < peak
+
+
+def test_registries_name_the_closest_valid_names():
+  registry = Registry("method", "config.method", {"byol": "a:b", "simclr": "a:c"})
+  with pytest.raises(errors.ConfigError) as info:
+    registry.get("byl")
+  assert str(info.value) == ("Unknown method 'byl' (config.method); did you mean 'byol'? "
+                             "Valid: byol, simclr.")
+  # Only listed modules are methods: base.py (and any helper beside the methods) is not.
+  assert methods.available() == ["byol", "moco", "rotnet", "simclr"]
+  with pytest.raises(errors.ConfigError, match="Unknown method 'base'"):
+    methods.get_method_class(tiny_config(method="base"))
+  with pytest.raises(errors.ConfigError, match="did you mean 'adamw'"):
+    optim.OPTIMIZERS.get("adam")

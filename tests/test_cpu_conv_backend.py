@@ -17,7 +17,7 @@ import pytest
 from jax import lax
 
 from sslx import errors
-from sslx import mesh
+from sslx.core import mesh
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAG = "--xla_cpu_experimental_ynn_fusion_type"
@@ -62,7 +62,7 @@ def ynn_convolution(hlo_text: str) -> bool:
 
 def _probe(backend: str) -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  code = (f"from sslx import mesh\nmesh.choose_cpu_conv_backend({{'cpu_conv_backend': {backend!r}}})\n"
+  code = (f"from sslx.core import mesh\nmesh.choose_cpu_conv_backend({{'cpu_conv_backend': {backend!r}}})\n"
           f"SHAPE = {SHAPE!r}\n"
           f"from tests.test_cpu_conv_backend import ynn_convolution\n{_PROBE}")
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from sslx import checkpointing
+from sslx.core import checkpointing
 from sslx import errors
-from tests.test_main import REPO, TINY_FLAGS
-from tests.test_transfer_main import TINY_EVAL
+from conftest import REPO, TINY_FLAGS
+from conftest import TINY_EVAL
 
 
 @pytest.mark.slow

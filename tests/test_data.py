@@ -9,9 +9,10 @@ from PIL import Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from sslx import config_defaults
+from sslx.config import defaults as config_defaults
 from sslx import data
 from sslx.data import mnist5k
+from sslx.data import views as views_lib
 from sslx.errors import ConfigError, DatasetNotAvailableError
 
 _SHARED_CIFAR = (pathlib.Path(__file__).resolve().parents[1].parent / "shared"
@@ -25,11 +26,23 @@ def _configs(dataset, **data_overrides):
   return c.data, c.views
 
 
-def _pretrain(data_config, views, batch, seed=0, **kw):
+def _pretrain_raw(data_config, views, batch, seed=0, **kw):
   kw.setdefault("process_index", 0)
   kw.setdefault("process_count", 1)
   return data.make_pretrain_iterator(data_config, views,
                                      global_batch_size=batch, seed=seed, **kw)
+
+
+def _pretrain(data_config, views, batch, seed=0, **kw):
+  """The stream with the one-crop groups v1, v2, ... stacked as 'images' [B, V, S, S, 3]."""
+  it = _pretrain_raw(data_config, views, batch, seed, **kw)  # errors raise here, not at next()
+
+  def stacked():
+    for b in it:
+      names = sorted(b["views"], key=lambda n: int(n[1:]))
+      yield {"images": np.concatenate([b["views"][n] for n in names], axis=1),
+             "label": b["label"], "index": b["index"]}
+  return stacked()
 
 
 def _take(it, n):
@@ -119,8 +132,11 @@ def test_eval_max_examples(mnist_dir, mnist_digits):
 
 def test_pretrain_batch_shapes_and_views(mnist_dir):
   dc, views = _configs("mnist5k", data_dir=mnist_dir)
+  raw = next(_pretrain_raw(dc, views, 64))
+  assert set(raw) == {"views", "label", "index"} and set(raw["views"]) == {"v1", "v2"}
+  assert raw["views"]["v1"].shape == raw["views"]["v2"].shape == (64, 1, 28, 28, 3)
+  assert raw["index"].dtype == np.int32
   b = next(_pretrain(dc, views, 64))
-  assert set(b) == {"images", "label"}
   assert b["images"].shape == (64, 2, 28, 28, 3)
   assert b["images"].dtype == np.uint8 and b["label"].dtype == np.int32
   assert b["images"].max() > 200 and b["images"].min() == 0
@@ -366,3 +382,68 @@ def test_shared_cifar10_5k_npz():
   batches = _eval_all(dc, "test", 100, max_examples=100)
   np.testing.assert_array_equal(_valid(batches), x_test)
   np.testing.assert_array_equal(_valid(batches, "label"), y_test)
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_index_is_the_examples_stable_id(tmp_path, process_count):
+  """'index' names the example: the same image always, each id once per epoch, shards disjoint."""
+  n = 24
+  x = np.arange(n, dtype=np.uint8)[:, None, None, None].repeat(8, 1).repeat(8, 2) * 10
+  dc, views = _configs(_write_npz(tmp_path / "i.npz", x_train=x,
+                                  y_train=np.arange(n) % 10), image_size=8)
+  per_process = []
+  for p in range(process_count):
+    epochs = 2
+    local = n // process_count
+    batches = _take(_pretrain_raw(dc, views, 4 * process_count, seed=1, process_index=p,
+                                  process_count=process_count), epochs * local // 4)
+    index = np.concatenate([b["index"] for b in batches])
+    pixel = np.concatenate([b["views"]["v1"][:, 0, 4, 4, 0] for b in batches])
+    np.testing.assert_array_equal(pixel, index.astype(np.uint8) * 10)  # id -> its own image
+    first, second = index[:local], index[local:]
+    assert sorted(first) == sorted(second) and len(set(first)) == local  # once per epoch
+    assert not np.array_equal(first, second)  # in a new order
+    per_process.append(set(first.tolist()))
+  assert set().union(*per_process) == set(range(n))
+  assert sum(len(s) for s in per_process) == n  # disjoint
+
+
+def test_multi_crop_groups_are_cut_with_the_crop_numbering_of_single_views(tmp_path):
+  """A group of 2 crops gets exactly the crops that groups v1 and v2 of one crop each get."""
+  rng = np.random.default_rng(0)
+  dc, views = _configs(_write_npz(tmp_path / "m.npz",
+                                  x_train=rng.integers(0, 256, (16, 20, 20, 3), np.uint8)),
+                       image_size=12)
+  for v in views.values():
+    v.update(crop_area_min=0.2, flip_prob=0.5)
+  two = _pretrain_raw(dc, views, 8)
+  grouped_views = config_defaults.base_config().views
+  del grouped_views["v2"]  # (a ConfigDict field can be deleted before locking)
+  grouped_views.v1.update(num_crops=2, crop_area_min=0.2, flip_prob=0.5)
+  grouped = _pretrain_raw(dc, grouped_views, 8)
+  for _ in range(3):
+    a, b = next(two), next(grouped)
+    assert b["views"]["v1"].shape == (8, 2, 12, 12, 3)
+    np.testing.assert_array_equal(b["views"]["v1"][:, :1], a["views"]["v1"])
+    np.testing.assert_array_equal(b["views"]["v1"][:, 1:], a["views"]["v2"])
+  # Different sizes per group: one crop_and_resize per group, at its own size.
+  views.v2.update(num_crops=3, crop_size=6)
+  b = next(_pretrain_raw(dc, views, 8))
+  assert b["views"]["v1"].shape == (8, 1, 12, 12, 3)
+  assert b["views"]["v2"].shape == (8, 3, 6, 6, 3)
+
+
+def test_view_group_problems_are_named_in_one_place():
+  views = config_defaults.base_config().views
+  views.v1.update(num_crops=0, crop_area_min=0.9, crop_area_max=0.5)
+  views.v2.update(crop_size=-3)
+  found = views_lib.group_problems(views)
+  assert "config.views.v1.num_crops=0; it must be an integer >= 1." in found
+  assert "config.views.v1.crop_area_min=0.9 is above config.views.v1.crop_area_max=0.5." in found
+  assert any(p.startswith("config.views.v2.crop_size=-3") for p in found)
+  assert views_lib.name_problems(views, ("global", "local"), "dino") == [
+      "method 'dino' trains on the view groups global, local, but config.views has v1, v2; "
+      "start from configs/dino.py, which sets the groups the method needs."]
+  assert views_lib.group_names({"v10": 0, "v2": 0, "v1": 0}) == ["v1", "v2", "v10"]
+  assert views_lib.group_names({"local": 0, "global": 0}, ("global", "local")) == [
+      "global", "local"]

@@ -9,12 +9,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sslx import checkpointing
-from sslx import health
-from sslx import mesh as mesh_lib
-from sslx import pretrain
+from sslx.core import checkpointing
+from sslx.core import health
+from sslx.core import mesh as mesh_lib
+from sslx.jobs import pretrain
 from sslx.methods import byol
-from tests.test_train import INFO, synthetic_batch, tiny_config
+from conftest import INFO, synthetic_batch, tiny_config
 
 
 def rankme_reference(z, eps=1e-7):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sslx import knn
+from sslx.evaluation import knn
 
 
 def _numpy_knn_predictions(bank, bank_labels, queries, k, temperature, num_classes):

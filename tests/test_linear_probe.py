@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sslx import linear_probe
+from sslx.evaluation import linear_probe
 
 
 def test_separable_features_reach_full_train_and_test_accuracy():

@@ -10,30 +10,15 @@ import numpy as np
 import pytest
 
 from configs import knn_eval as knn_eval_config
-from sslx import checkpointing
+from sslx.core import checkpointing
 from sslx import errors
-from sslx import knn_eval
-from sslx import pretrain
-from tests.test_train import tiny_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_FLAGS = ["--config.model.name=resnet10", "--config.model.width=0.125",
-              "--config.byol.projector_hidden_dim=32", "--config.byol.projector_dim=16",
-              "--config.byol.predictor_hidden_dim=32", "--config.batch_size=32",
-              "--config.optimizer.warmup_epochs=0", "--config.eval.batch_size=256",
-              "--config.log_every_steps=2", "--config.checkpoint_every_steps=2"]
-
+from sslx.jobs import knn_eval
+from sslx.jobs import pretrain
+from conftest import REPO, run_main as _main, tiny_config
 
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("tfds"))
-
-
-def _main(workdir, tfds_dir, *flags):
-  cmd = [sys.executable, "main.py", "--config=configs/byol.py", f"--workdir={workdir}",
-         f"--config.data.data_dir={tfds_dir}", *TINY_FLAGS, *flags]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
-  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
@@ -61,7 +46,7 @@ def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir):
   # main.py split the host into 2 CPU devices; a 1-device process still reads it.
   assert "2 devices (cpu)" in first.stderr
   reader = subprocess.run(
-      [sys.executable, "-c", "from sslx import checkpointing; "
+      [sys.executable, "-c", "from sslx.core import checkpointing; "
        f"print(checkpointing.load_encoder({workdir!r})[2])"],
       cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""),
       capture_output=True, text=True, timeout=300)
@@ -123,7 +108,7 @@ def test_every_method_pretrains_checkpoints_and_evaluates(tmp_path, tfds_dir, co
 
 def test_log_filter_drops_only_orbax_and_tfds_info_and_unretrieved_asyncio_failures():
   import logging as std_logging  # pylint: disable=g-import-not-at-top
-  from sslx import quiet_noise  # pylint: disable=g-import-not-at-top
+  from sslx.core import quiet_noise  # pylint: disable=g-import-not-at-top
 
   def record(name, level, msg, path="/x.py"):
     return std_logging.LogRecord(name, level, path, 1, msg, None, None)
@@ -135,7 +120,7 @@ def test_log_filter_drops_only_orbax_and_tfds_info_and_unretrieved_asyncio_failu
   # Everything else is kept: other asyncio errors, library warnings, sslx's own logs.
   assert keep(record("asyncio", std_logging.ERROR, "Exception in callback"))
   assert keep(record("orbax", std_logging.WARNING, "slow", "/site-packages/orbax/x.py"))
-  assert keep(record("absl", std_logging.INFO, "step 1/2", "/work/sslx/progress.py"))
+  assert keep(record("absl", std_logging.INFO, "step 1/2", "/work/sslx/core/progress.py"))
 
 
 def test_main_reports_bad_input_without_a_stack_trace(tmp_path, tfds_dir):
@@ -148,7 +133,7 @@ def test_main_reports_bad_input_without_a_stack_trace(tmp_path, tfds_dir):
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (dict(method="simclrr"), ["Unknown method 'simclrr'", "valid methods: byol, moco, rotnet, simclr"]),
+    (dict(method="simclrr"), ["Unknown method 'simclrr'", "did you mean 'simclr'? Valid: byol, moco, rotnet, simclr."]),
     (dict(method="simclr"), ["config.simclr", "configs/simclr.py"]),
     (dict(model=dict(name="resnet19")), ["resnet19", "resnet18", "resnet50"]),
     (dict(data=dict(dataset="cifar11")), ["cifar11", "cifar10", "mnist5k", "npz:", "folder:"]),

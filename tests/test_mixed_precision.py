@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslx import mesh as mesh_lib
+from sslx.core import mesh as mesh_lib
 from sslx import models
-from sslx import pretrain
-from tests.test_train import INFO, run_steps, synthetic_batch, tiny_config
+from sslx.jobs import pretrain
+from conftest import INFO, run_steps, synthetic_batch, tiny_config
 
 
 def _float_dtypes(tree):

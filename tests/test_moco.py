@@ -11,22 +11,20 @@ import pytest
 from configs import moco as moco_config
 from sslx import errors
 from sslx.methods import moco
-from tests import test_train
+from conftest import method_batch, run_steps, step_rngs, tiny_config as _tiny
 
 BATCH = 8
 
 
 def tiny_config(version="v2", **moco_overrides):
-  c = moco_config.get_config(f"mnist5k,{version}")
-  c.model.update(name="resnet10", width=0.125)
-  c.moco.update(dim=16, projector_hidden_dims=(32,), predictor_hidden_dims=(32,),
-                queue_size=2 * BATCH, temperature=0.2, momentum=0.9, bn_groups=1)
+  c = _tiny("moco", f"mnist5k,{version}", batch_size=BATCH, train_steps=10)
+  c.moco.update(queue_size=2 * BATCH)
   c.moco.update(moco_overrides)
-  c.data.image_size = 16
-  c.batch_size = BATCH
-  c.train_steps = 10
-  c.optimizer.warmup_epochs = 0.0
   return c
+
+
+def _batch(v1, v2):
+  return method_batch({"v1": v1, "v2": v2})
 
 
 def _unit(x):
@@ -92,7 +90,7 @@ def test_queue_after_three_steps_holds_the_newest_keys_in_fifo_order():
     (_, k), _ = method._forward([("projector", method.projector)], state["key_params"],
                                 state["key_batch_stats"], v2)
     keys.append(_unit(np.asarray(k)))
-    _, out = loss_fn(params, batch_stats, state, (v1, v2), rng, step)
+    _, out = loss_fn(params, batch_stats, state, _batch(v1, v2), step_rngs(rng), step)
     state = out.method_state
   np.testing.assert_allclose(state["queue"][:BATCH], keys[2], rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(state["queue"][BATCH:], keys[1], rtol=1e-4, atol=1e-5)
@@ -103,7 +101,7 @@ def test_v2_loss_uses_the_queue_before_this_steps_keys():
   method = moco.Method(tiny_config())
   v1, v2 = (jax.random.normal(jax.random.PRNGKey(i), (BATCH, 16, 16, 3)) for i in range(2))
   params, batch_stats, state = jax.jit(method.init)(jax.random.PRNGKey(0), v1)
-  loss, _ = jax.jit(method.loss)(params, batch_stats, state, (v1, v2), jax.random.PRNGKey(1), 0)
+  loss, _ = jax.jit(method.loss)(params, batch_stats, state, _batch(v1, v2), step_rngs(jax.random.PRNGKey(1)), 0)
   heads = [("projector", method.projector)]
   (_, q), _ = method._forward(heads, params, batch_stats, v1)
   (_, k), _ = method._forward(heads, state["key_params"], state["key_batch_stats"], v2)
@@ -119,12 +117,12 @@ def test_no_gradient_reaches_the_key_encoder(version):
 
   def loss_of_key_params(key_params):
     s = dict(state, key_params=key_params)
-    return method.loss(params, batch_stats, s, (v1, v2), jax.random.PRNGKey(1), 0)[0]
+    return method.loss(params, batch_stats, s, _batch(v1, v2), step_rngs(jax.random.PRNGKey(1)), 0)[0]
   grads = jax.jit(jax.grad(loss_of_key_params))(state["key_params"])
   for g in jax.tree.leaves(grads):
     np.testing.assert_array_equal(g, 0.0)
-  query_grads = jax.jit(jax.grad(lambda p: method.loss(p, batch_stats, state, (v1, v2),
-                                                       jax.random.PRNGKey(1), 0)[0]))(params)
+  query_grads = jax.jit(jax.grad(lambda p: method.loss(p, batch_stats, state, _batch(v1, v2),
+                                                       step_rngs(jax.random.PRNGKey(1)), 0)[0]))(params)
   assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(query_grads["encoder"]))
   if version == "v3":
     assert float(jnp.abs(query_grads["predictor"]["dense0"]["kernel"]).sum()) > 0
@@ -209,8 +207,8 @@ def test_v2_with_shuffled_bn_on_eight_devices_matches_one_device():
   config = tiny_config(bn_groups=4)
   config.batch_size = 16
   config.moco.queue_size = 32
-  (state1, losses1), (state8, losses8) = (test_train.run_steps(config, 1, num_steps=3),
-                                          test_train.run_steps(config, 8, num_steps=3))
+  (state1, losses1), (state8, losses8) = (run_steps(config, 1, num_steps=3),
+                                          run_steps(config, 8, num_steps=3))
   np.testing.assert_allclose(losses8, losses1, rtol=1e-4)
   chex.assert_trees_all_close(state8.params, state1.params, rtol=1e-3, atol=1e-5)
   chex.assert_trees_all_close(state8.method_state, state1.method_state, rtol=1e-3, atol=1e-5)

@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sslx import config_defaults
+from sslx.config import defaults as config_defaults
 from sslx import errors
 from sslx import models
 from sslx.models import resnet
@@ -53,10 +53,16 @@ def _images(batch, size, seed=0):
 def _abstract_init(model, size, batch=2):
   """Variables and output shapes of model, without compiling anything."""
   def init():
-    return model.init_with_output(
+    out, state = model.init_with_output(
         jax.random.key(0), jnp.zeros((batch, size, size, 3)), train=False,
         capture_intermediates=True)
+    return _pooled(out), state
   return jax.eval_shape(init)
+
+
+def _pooled(out):
+  """Backbones return BackboneOutput; most tests look at the pooled features (MLPs: arrays)."""
+  return out.pooled if isinstance(out, models.BackboneOutput) else out
 
 
 def _num_params(variables):
@@ -82,19 +88,21 @@ def tiny():
 def tiny_apply(tiny):
   """Jitted train- and eval-mode forward passes of the tiny model."""
   model, _ = tiny
-  train = _jit(lambda v, x: model.apply(v, x, train=True,
-                                       mutable=['batch_stats']))
-  evaluate = _jit(lambda v, x: model.apply(v, x, train=False))
+  def train_fn(v, x):
+    out, state = model.apply(v, x, train=True, mutable=['batch_stats'])
+    return out.pooled, state
+  train = _jit(train_fn)
+  evaluate = _jit(lambda v, x: model.apply(v, x, train=False).pooled)
   return train, evaluate
 
 
 # ----------------------------------------------------------------- shapes ---
 
 
-@pytest.mark.parametrize('name', sorted(models.MODELS))
+@pytest.mark.parametrize('name', sorted(resnet.VARIANTS))
 @pytest.mark.parametrize('stem', ['cifar', 'imagenet'])
 def test_output_shape_every_variant(name, stem):
-  model = models.MODELS[name](stem=stem, width=0.5)
+  model = resnet.VARIANTS[name](stem=stem, width=0.5)
   size = STEM_IMAGE_SIZE[stem]
   (out, state) = _abstract_init(model, size, batch=3)
   chex.assert_shape(out, (3, model.feature_dim))
@@ -119,6 +127,7 @@ def test_forward_imagenet_stem():
   model = models.resnet10(stem='imagenet', width=0.125)
   out, variables = _jit(lambda x: model.init_with_output(
       jax.random.key(0), x, train=False))(_images(2, 64))
+  out = out.pooled
   chex.assert_shape(out, (2, 64))
   chex.assert_tree_all_finite(out)
   chex.assert_shape(variables['params']['stem_conv']['kernel'], (7, 7, 3, 8))
@@ -148,7 +157,7 @@ def test_module_names_are_stable():
 
 @pytest.mark.parametrize('name', sorted(TORCHVISION_PARAMS_NO_FC))
 def test_param_count_matches_torchvision(name):
-  (_, variables) = _abstract_init(models.MODELS[name](stem='imagenet'), 64)
+  (_, variables) = _abstract_init(resnet.VARIANTS[name](stem='imagenet'), 64)
   assert _num_params(variables) == TORCHVISION_PARAMS_NO_FC[name]
 
 
@@ -166,8 +175,8 @@ def test_cifar_stem_only_changes_the_first_conv():
 
 @pytest.mark.parametrize('name', ['resnet18', 'resnet50'])
 def test_half_width_has_about_a_quarter_of_the_params(name):
-  full = _num_params(_abstract_init(models.MODELS[name](), 32)[1])
-  half = _num_params(_abstract_init(models.MODELS[name](width=0.5), 32)[1])
+  full = _num_params(_abstract_init(resnet.VARIANTS[name](), 32)[1])
+  half = _num_params(_abstract_init(resnet.VARIANTS[name](width=0.5), 32)[1])
   assert 0.22 < half / full < 0.28
 
 
@@ -195,6 +204,7 @@ def test_bfloat16_compute_float32_params_and_features(tiny, tiny_apply):
   # Same float32 parameters through both compute dtypes.
   out16, stats16 = _jit(lambda v, x: model16.apply(
       v, x, train=True, mutable=['batch_stats']))(variables, x)
+  out16 = out16.pooled
   out32, _ = tiny_apply[0](variables, x)
   assert out16.dtype == jnp.float32
   for leaf in jax.tree.leaves(stats16):
@@ -395,7 +405,7 @@ def test_create_encoder_output_matches_feature_dim():
 def test_unknown_model_name_lists_valid_names():
   with pytest.raises(errors.ConfigError) as info:
     models.create_encoder(_model_config(name='resnet9000'))
-  for name in models.MODELS:
+  for name in models.BACKBONES:
     assert name in str(info.value)
   assert 'resnet9000' in str(info.value)
   with pytest.raises(errors.ConfigError):
@@ -417,3 +427,45 @@ def test_bad_width_and_dtype():
     models.create_encoder(_model_config(width=0.0))
   with pytest.raises(errors.ConfigError, match='dtype'):
     models.create_encoder(_model_config(), dtype='float99')
+
+
+# ------------------------------------------------------- backbone contract ---
+
+
+def test_backbone_returns_pooled_features_and_named_feature_maps():
+  backbone = models.get_backbone(_model_config(name='resnet18', width=0.25, stem='cifar'))
+  assert backbone.feature_map_names == ('stem', 'stage1', 'stage2', 'stage3', 'stage4')
+  out, variables = jax.eval_shape(lambda: backbone.module().init_with_output(
+      jax.random.key(0), jnp.zeros((2, 32, 32, 3)), train=False))
+  assert isinstance(out, models.BackboneOutput)
+  chex.assert_shape(out.pooled, (2, backbone.feature_dim))
+  # (jax orders a dict's keys; the spec gives the input-to-output order)
+  assert set(out.feature_maps) == set(backbone.feature_map_names)
+  sides = {'stem': 32, 'stage1': 32, 'stage2': 16, 'stage3': 8, 'stage4': 4}
+  channels = {'stem': 16, 'stage1': 16, 'stage2': 32, 'stage3': 64, 'stage4': 128}
+  for name, fmap in out.feature_maps.items():
+    chex.assert_shape(fmap, (2, sides[name], sides[name], channels[name]))
+  # The pooled feature is the mean of the last map.
+  x = _images(2, 32)
+  module = backbone.module()
+  v = _jit(lambda x: module.init(jax.random.key(0), x, train=False))(x)
+  real = _jit(lambda v, x: module.apply(v, x, train=False))(v, x)
+  np.testing.assert_allclose(real.pooled, real.feature_maps['stage4'].mean(axis=(1, 2)),
+                             rtol=1e-5, atol=1e-6)
+  # Every parameter belongs to one declared layer group, in order.
+  groups = {backbone.layer_group([str(k.key) for k in path])
+            for path, _ in jax.tree_util.tree_leaves_with_path(variables['params'])}
+  assert groups == set(backbone.layer_groups) == set(models.LAYER_GROUPS)
+
+
+def test_backbone_identity_fields_and_problems():
+  cfg = _model_config(name='resnet10', width=0.5, stem='imagenet')
+  backbone = models.get_backbone(cfg)
+  assert backbone.identity() == {'name': 'resnet10', 'width': 0.5, 'stem': 'imagenet',
+                                 'zero_init_residual': False}
+  problems = models.backbone_problems(_model_config(stem='imagenet', width=-1), 16)
+  assert any('width=-1' in p for p in problems)
+  assert any('image_size=16 is smaller than the total stride 32' in p for p in problems)
+  assert models.backbone_problems(_model_config(name='resnet1O'), 32) == [
+      "Unknown model 'resnet1O' (config.model.name); did you mean 'resnet18' or 'resnet10'? "
+      "Valid: resnet10, resnet18, resnet34, resnet50, resnet101, resnet152."]

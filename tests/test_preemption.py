@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from sslx import checkpointing
-from sslx import preemption
-from tests.test_main import REPO, TINY_FLAGS
+from sslx.core import checkpointing
+from sslx.core import preemption
+from conftest import REPO, TINY_FLAGS
 
 
 def _start(workdir, tfds_dir, *flags):

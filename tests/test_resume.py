@@ -8,12 +8,12 @@ import pytest
 
 from configs import moco as moco_config
 from configs import simclr as simclr_config
-from sslx import checkpointing
+from sslx.core import checkpointing
 from sslx import errors
-from sslx import mesh as mesh_lib
-from sslx import pretrain
-from sslx import progress as progress_lib
-from tests.test_train import INFO, tiny_config
+from sslx.core import mesh as mesh_lib
+from sslx.jobs import pretrain
+from sslx.core import progress as progress_lib
+from conftest import INFO, tiny_config
 
 STEPS = 6
 

@@ -5,21 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import rotnet as rotnet_config
 from sslx import errors
-from sslx import mesh as mesh_lib
-from sslx import pretrain
+from sslx.core import mesh as mesh_lib
+from sslx.jobs import pretrain
 from sslx.methods import rotnet
-from tests import test_train
+from conftest import INFO, method_batch, step_rngs, synthetic_batch, tiny_config as _tiny
 
 
 def tiny_config():
-  c = rotnet_config.get_config()
-  c.model.update(name="resnet10", width=0.125)
-  c.data.image_size = 16
-  c.batch_size = 8
-  c.train_steps = 4
-  return c
+  return _tiny("rotnet", batch_size=8)
 
 
 def test_rotations_and_labels_match_numpy_and_rotate_back():
@@ -50,10 +44,11 @@ def test_loss_is_cross_entropy_over_all_four_rotations():
   method = rotnet.Method(tiny_config())
   view = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3))
   params, batch_stats, state = jax.jit(method.init)(jax.random.PRNGKey(0), view)
-  loss, out = jax.jit(method.loss)(params, batch_stats, state, (view,), jax.random.PRNGKey(2), 0)
+  loss, out = jax.jit(method.loss)(params, batch_stats, state, method_batch({"v1": view}),
+                                   step_rngs(jax.random.PRNGKey(2)), 0)
   # Reference: encoder + head on the 16 rotated images, numpy softmax cross-entropy.
   x = jnp.concatenate([jnp.rot90(view, k, axes=(1, 2)) for k in range(4)])
-  h, _ = method.apply_train(method.encoder, params["encoder"], batch_stats["encoder"], x)
+  h, _ = method.encode(params["encoder"], batch_stats["encoder"], x)
   logits, _ = method.apply_train(method.head, params["head"], batch_stats["head"], h)
   logits = np.asarray(logits, np.float64)
   labels = np.repeat(np.arange(4), 4)
@@ -68,7 +63,7 @@ def test_loss_is_cross_entropy_over_all_four_rotations():
 def test_rotnet_takes_exactly_one_view():
   config = tiny_config()
   config.views.v2 = config.views.v1
-  with pytest.raises(errors.ConfigError, match="takes 1 view"):
+  with pytest.raises(errors.ConfigError, match="trains on the view group v1, but config.views has v1, v2"):
     rotnet.Method(config)
 
 
@@ -78,9 +73,9 @@ def test_train_steps_learn_rotations_of_a_fixed_batch():
   config.optimizer.base_learning_rate = 0.4
   config.optimizer.warmup_epochs = 0.0
   mesh = mesh_lib.create_mesh(2)
-  trainer = pretrain.Trainer(config, test_train.INFO, mesh)
+  trainer = pretrain.Trainer(config, INFO, mesh)
   state = trainer.init_state(0)
-  batch = mesh_lib.to_global(test_train.synthetic_batch(config), mesh)
+  batch = mesh_lib.to_global(synthetic_batch(config), mesh)
   losses = []
   for _ in range(6):
     state, metrics = trainer.train_step(state, batch)

@@ -8,8 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from sslx import optim
-from sslx import schedules
+from sslx.core import optim
+from sslx.methods import base
+from sslx.core import schedules
 
 
 def _opt_config(**kw):
@@ -80,8 +81,8 @@ def test_lars_update_matches_numpy_and_skips_biases():
   gw = rng.normal(size=(5, 3)).astype(np.float32)
   gb = rng.normal(size=(3,)).astype(np.float32)
   lr, wd, eta = 0.7, 0.01, 0.02
-  tx = optim._method_optimizer(_opt_config(weight_decay=wd, trust_coefficient=eta),
-                               optax.constant_schedule(lr))
+  tx = optim.method_optimizer(_opt_config(weight_decay=wd, trust_coefficient=eta),
+                              optax.constant_schedule(lr))
   params, grads = {"kernel": w, "bias": b}, {"kernel": gw, "bias": gb}
   updates, _ = tx.update(grads, tx.init(params), params)
   decayed = gw + wd * w
@@ -107,4 +108,47 @@ def test_probe_and_model_get_separate_optimizers():
 
 def test_unknown_optimizer_lists_valid_names():
   with pytest.raises(ValueError, match="lars, sgd, adamw"):
-    optim._method_optimizer(_opt_config(name="adam"), 0.1)
+    optim.method_optimizer(_opt_config(name="adam"), 0.1)
+
+
+class _GroupedMethod:
+  """A stand-in for a method with two extra optimizer groups (as SwAV's prototypes)."""
+
+  def param_groups(self):
+    return {"fast_head": base.ParamGroup(learning_rate_multiplier=10.0),
+            "prototypes": base.ParamGroup(frozen_steps=2)}
+
+  def param_group(self, path):
+    return {"head": "fast_head", "prototypes": "prototypes"}.get(path[0])
+
+
+def test_method_param_groups_get_their_own_rate_and_freezing():
+  tx = optim.method_optimizer(_opt_config(name="sgd", weight_decay=0.0, momentum=0.0),
+                              optax.constant_schedule(0.1), _GroupedMethod())
+  params = {"encoder": {"kernel": jnp.ones((2, 2))}, "head": {"kernel": jnp.ones((2, 2))},
+            "prototypes": {"kernel": jnp.ones((2, 2))}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = tx.init(params)
+  for step in range(3):
+    updates, state = tx.update(grads, state, params)
+    np.testing.assert_allclose(updates["encoder"]["kernel"], -0.1, rtol=1e-6)  # main group
+    np.testing.assert_allclose(updates["head"]["kernel"], -1.0, rtol=1e-6)  # x10
+    # Frozen for its first 2 steps (no update at all), then the main rate.
+    np.testing.assert_allclose(updates["prototypes"]["kernel"], 0.0 if step < 2 else -0.1,
+                               rtol=1e-6)
+  forever = optim.method_optimizer(
+      _opt_config(name="sgd"), optax.constant_schedule(0.1),
+      type("M", (_GroupedMethod,), {"param_groups": lambda self: {
+          "fast_head": base.ParamGroup(), "prototypes": base.ParamGroup(frozen_steps=-1)}})())
+  updates, _ = forever.update(grads, forever.init(params), params)
+  np.testing.assert_array_equal(updates["prototypes"]["kernel"], 0.0)
+
+
+def test_a_method_without_groups_keeps_the_plain_optimizer_state():
+  """Checkpoints written before param groups existed still match: no extra state layer."""
+  plain = optim.method_optimizer(_opt_config(), optax.constant_schedule(0.1))
+  direct = optim.lars(_opt_config(), optax.constant_schedule(0.1))
+  params = {"kernel": jnp.ones((2, 2))}
+  assert jax.tree.structure(plain.init(params)) == jax.tree.structure(direct.init(params))
+  grouped = optim.method_optimizer(_opt_config(), optax.constant_schedule(0.1), _GroupedMethod())
+  assert jax.tree.structure(grouped.init(params)) != jax.tree.structure(direct.init(params))

@@ -7,20 +7,13 @@ import numpy as np
 import pytest
 
 from configs import simclr as simclr_config
-from sslx import mesh as mesh_lib
+from sslx.core import mesh as mesh_lib
 from sslx.methods import simclr
-from tests import test_train
+from conftest import method_batch, run_steps, step_rngs, tiny_config as _tiny
 
 
 def tiny_config():
-  c = simclr_config.get_config()
-  c.model.update(name="resnet10", width=0.125)
-  c.simclr.update(projector_hidden_dims=(32,), projector_dim=16, temperature=0.5)
-  c.data.image_size = 16
-  c.batch_size = 16
-  c.train_steps = 4
-  c.optimizer.warmup_epochs = 0.0
-  return c
+  return _tiny("simclr")
 
 
 def np_nt_xent(z1, z2, temperature):
@@ -89,10 +82,11 @@ def test_loss_is_nt_xent_of_the_projections_of_both_views():
   method = simclr.Method(tiny_config())
   views = tuple(jax.random.normal(jax.random.PRNGKey(i), (6, 16, 16, 3)) for i in range(2))
   params, batch_stats, state = jax.jit(method.init)(jax.random.PRNGKey(0), views[0])
-  loss, out = jax.jit(method.loss)(params, batch_stats, state, views, jax.random.PRNGKey(1), 0)
+  loss, out = jax.jit(method.loss)(params, batch_stats, state,
+                                   method_batch({"v1": views[0], "v2": views[1]}),
+                                   step_rngs(jax.random.PRNGKey(1)), 0)
   # Reference: both views through encoder and projector as one batch (shared BN statistics).
-  h, _ = method.apply_train(method.encoder, params["encoder"], batch_stats["encoder"],
-                            jnp.concatenate(views))
+  h, _ = method.encode(params["encoder"], batch_stats["encoder"], jnp.concatenate(views))
   z, _ = method.apply_train(method.projector, params["projector"], batch_stats["projector"], h)
   z = np.asarray(z, np.float64)
   np.testing.assert_allclose(loss, np_nt_xent(z[:6], z[6:], 0.5), rtol=1e-4)
@@ -111,8 +105,8 @@ def test_jitter_strength_sets_both_views():
 
 def test_eight_devices_match_one_device():
   config = tiny_config()
-  (state1, losses1), (state8, losses8) = (test_train.run_steps(config, 1),
-                                          test_train.run_steps(config, 8))
+  (state1, losses1), (state8, losses8) = (run_steps(config, 1),
+                                          run_steps(config, 8))
   np.testing.assert_allclose(losses8, losses1, rtol=1e-4)
   chex.assert_trees_all_close(state8.params, state1.params, rtol=1e-3, atol=1e-5)
   chex.assert_trees_all_close(state8.batch_stats, state1.batch_stats, rtol=1e-3, atol=1e-5)

@@ -5,49 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-from configs import byol as byol_config
-from sslx import data
-from sslx import mesh as mesh_lib
-from sslx import pretrain
-
-INFO = data.DatasetInfo(name="synthetic", num_classes=10, num_train_examples=64,
-                        pretrain_split="train", train_split="train", test_split="test",
-                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-
-
-def tiny_config(**overrides):
-  c = byol_config.get_config()
-  c.model.update(name="resnet10", width=0.125)
-  c.byol.update(projector_hidden_dim=32, projector_dim=16, predictor_hidden_dim=32)
-  c.data.image_size = 16
-  c.batch_size = 16
-  c.train_steps = 4
-  c.optimizer.warmup_epochs = 0.0
-  for v in c.views.values():  # exercise every photometric op
-    v.blur_prob = 0.5
-  c.update(overrides)
-  return c
-
-
-def synthetic_batch(config, seed=0):
-  rng = np.random.default_rng(seed)
-  size = config.data.image_size
-  views = len(config.views)
-  return {"images": rng.integers(0, 256, (config.batch_size, views, size, size, 3),
-                                 dtype=np.uint8),
-          "label": rng.integers(0, 10, (config.batch_size,), dtype=np.int32)}
-
-
-def run_steps(config, num_devices, num_steps=2):
-  mesh = mesh_lib.create_mesh(num_devices)
-  trainer = pretrain.Trainer(config, INFO, mesh)
-  state = trainer.init_state(config.seed)
-  losses = []
-  for i in range(num_steps):
-    state, metrics = trainer.train_step(state, mesh_lib.to_global(synthetic_batch(config, i), mesh))
-    losses.append(float(metrics["loss"]))
-  return jax.device_get(state), losses
-
+from conftest import INFO, run_steps, synthetic_batch, tiny_config
+from sslx.core import mesh as mesh_lib
+from sslx.jobs import pretrain
 
 @pytest.fixture(scope="module")
 def one_and_eight_device_runs():

@@ -9,10 +9,10 @@ import pytest
 
 from sslx import data
 from sslx import errors
-from sslx import finetune
-from sslx import linear_eval
+from sslx.jobs import finetune
+from sslx.jobs import linear_eval
 from sslx import models
-from sslx import transfer
+from sslx.evaluation import transfer
 from sslx.data import subsets
 
 # Unequal classes, as real datasets have.
@@ -111,41 +111,46 @@ def test_holdout_split_is_disjoint_stratified_and_covers_all():
   np.testing.assert_array_equal(np.bincount(labels[held]), [5, 5, 5, 5])
 
 
+_BACKBONE = models.get_backbone(
+    ml_collections.ConfigDict(dict(name="resnet10", width=0.125, stem="cifar")))
+
+
 def _tiny_finetune(frozen_groups, ratio, steps=3):
   model_config = ml_collections.ConfigDict(dict(name="resnet10", width=0.125, stem="cifar"))
   encoder = models.create_encoder(model_config, frozen_groups=frozen_groups)
   head = finetune.ClassifierHead(3)
   init = models.create_encoder(model_config).init(jax.random.PRNGKey(0),
                                                    jnp.zeros((1, 16, 16, 3)), train=False)
-  head_init = head.init(jax.random.PRNGKey(1), jnp.zeros((1, encoder.feature_dim)), train=False)
+  head_init = head.init(jax.random.PRNGKey(1),
+                        jnp.zeros((1, models.feature_dim(model_config))), train=False)
   params = {"encoder": init["params"], "head": head_init["params"]}
-  tx = finetune.create_optimizer(params, frozen_groups=frozen_groups, peak_lr=0.5,
+  tx = finetune.create_optimizer(params, backbone=models.get_backbone(model_config),
+                                 frozen_groups=frozen_groups, peak_lr=0.5,
                                  backbone_lr_ratio=ratio, weight_decay=1e-3, momentum=0.9,
                                  warmup_steps=0, train_steps=steps)
-  state = finetune.State(step=jnp.zeros((), jnp.int32), params=params,
-                         batch_stats={"encoder": init["batch_stats"],
-                                      "head": head_init["batch_stats"]},
-                         opt_state=tx.init(params))
+  state = finetune.State.create(params, {"encoder": init["batch_stats"],
+                                         "head": head_init["batch_stats"]}, tx.init(params))
   step = jax.jit(finetune.make_train_step(encoder, head, tx, (0.5,) * 3, (0.25,) * 3,
                                           jnp.float32))
   rng = np.random.default_rng(0)
   start = state
   for _ in range(steps):
     images = rng.integers(0, 256, size=(8, 1, 16, 16, 3), dtype=np.uint8)
-    state, _ = step(state, images, rng.integers(0, 3, size=8))
+    state, _ = step(state, {"views": {"v1": images}, "label": rng.integers(0, 3, size=8)})
   return start, state
 
 
 def _by_group(tree):
   out = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-    out.setdefault(finetune.layer_group(path[0].key), []).append(np.asarray(leaf))
+    out.setdefault(_BACKBONE.layer_group([str(k.key) for k in path]), []).append(
+        np.asarray(leaf))
   return out
 
 
 @pytest.mark.parametrize("train_from", ["stage1", "stage3", "head"])
 def test_frozen_layers_keep_weights_and_bn_statistics(train_from):
-  frozen = finetune.TRAIN_FROM.index(train_from)
+  frozen = finetune.train_from_choices(_BACKBONE).index(train_from)
   start, end = _tiny_finetune(frozen, ratio=0.1)
   for tree in ("params", "batch_stats"):
     before = _by_group(getattr(start, tree)["encoder"])
@@ -170,7 +175,7 @@ def test_backbone_learning_rate_ratio_scales_the_encoder_update():
 def test_param_labels_name_every_group():
   params = {"encoder": {"stem_conv": {"kernel": 0}, "stage2_block0": {"conv1": {"kernel": 0}}},
             "head": {"out": {"kernel": 0}}}
-  labels = finetune.param_labels(params, frozen_groups=2)
+  labels = finetune.param_labels(params, frozen_groups=2, backbone=_BACKBONE)
   assert labels == {"encoder": {"stem_conv": {"kernel": "frozen"},
                                 "stage2_block0": {"conv1": {"kernel": "encoder"}}},
                     "head": {"out": {"kernel": "head"}}}

@@ -10,15 +10,13 @@ import sys
 import orbax.checkpoint as ocp
 import pytest
 
-from sslx import checkpointing
+from sslx.core import checkpointing
 from sslx import errors
-from sslx import knn_eval
-from sslx import linear_eval
-from tests.test_main import REPO, _main
+from sslx.jobs import knn_eval
+from sslx.jobs import linear_eval
+from conftest import REPO, TINY_EVAL, run_main as _main
 from configs import knn_eval as knn_eval_config
 
-TINY_EVAL = ["--config.eval.batch_size=256", "--config.batch_size=64",
-             "--config.log_every_steps=5", "--config.cpu_devices=2"]
 
 
 @pytest.fixture(scope="module")

@@ -112,12 +112,17 @@ class SplitSource:
       are already decoded.
     image_shape: (H, W, C) of decoded images, None where sizes vary; C is 1
       or 3.
+    index_start, index_stride: element i of `dataset` is example
+      index_start + i * index_stride of the (capped) split over all
+      processes: a stable id in [0, num_examples_total).
   """
   dataset: tf.data.Dataset
   num_examples: int
   num_examples_total: int
   decode: Callable[[tf.Tensor], tf.Tensor] | None
   image_shape: tuple[int | None, int | None, int]
+  index_start: int = 0
+  index_stride: int = 1
 
 
 def get_dataset_info(data_config: Any) -> DatasetInfo:
@@ -199,6 +204,9 @@ def load_split(data_config: Any, split: str, *, process_index: int,
     total = _tfds_num_examples(builder, split)
     local_split = tfds.split_for_jax_process(
         split, process_index=process_index, process_count=process_count)
+    # Contiguous shards: this one starts after the earlier processes' shards.
+    index_start = sum(_tfds_num_examples(builder, tfds.split_for_jax_process(
+        split, process_index=q, process_count=process_count)) for q in range(process_index))
     # TFDS refuses to shuffle the files of an ordered dataset (mnist5k, one
     # file per split anyway); the pipeline's example shuffle still applies.
     shuffle_files = (shuffle_files_seed is not None
@@ -220,7 +228,7 @@ def load_split(data_config: Any, split: str, *, process_index: int,
       raise ConfigError(f"{arg} has {shape[-1]}-channel images; sslx needs 1 "
                         "(grey) or 3 (RGB).")
     return SplitSource(ds, int(ds.cardinality()), total,
-                       image_feature.decode_example, shape)
+                       image_feature.decode_example, shape, index_start, 1)
 
   if kind == "npz":
     arrays = _load_npz(arg)
@@ -248,7 +256,7 @@ def load_split(data_config: Any, split: str, *, process_index: int,
   total = len(ds) if max_examples is None else min(max_examples, len(ds))
   ds = ds.take(total).shard(process_count, process_index)
   return SplitSource(ds, len(range(process_index, total, process_count)), total,
-                     decode, tuple(shape))
+                     decode, tuple(shape), process_index, process_count)
 
 
 def _checked(indices: np.ndarray, size: int, split: str) -> np.ndarray:
@@ -278,7 +286,8 @@ def _tfds_subset(name: str, data_config: Any, split: str, indices: np.ndarray,
   image_feature = builder.info.features["image"]
   total = int(len(indices))
   return SplitSource(ds, len(range(process_index, total, process_count)), total,
-                     image_feature.decode_example, tuple(image_feature.shape))
+                     image_feature.decode_example, tuple(image_feature.shape),
+                     process_index, process_count)
 
 
 def _decode_file(path: tf.Tensor) -> tf.Tensor:

@@ -28,7 +28,6 @@ process yields `num_eval_batches(...)` batches and no collective deadlocks.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Iterator
 
@@ -37,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from sslx.data import datasets
+from sslx.data import views as views_lib
 from sslx.errors import ConfigError
 
 # The RNG algorithm is named rather than 'auto_select', which may pick another
@@ -55,31 +55,25 @@ _PURPOSE_AUGMENT = 0
 _PURPOSE_SHUFFLE = 1
 
 
-@dataclasses.dataclass(frozen=True)
-class _ViewSpec:
-  area: tuple[float, float]
-  aspect: tuple[float, float]
-  flip_prob: float
-
-
 class _ViewSampler:
-  """Crop boxes of views, from per-(example, view) Philox random numbers."""
+  """Crop boxes of every crop of every view group, from per-(example, crop) Philox numbers."""
 
-  def __init__(self, key: tf.Tensor, views: list[_ViewSpec], size: int):
+  def __init__(self, key: tf.Tensor, groups: list[views_lib.ViewGroup]):
     # Key and counter as tf.random.stateless_uniform derives them from a seed;
     # the low counter word (0 here) is then advanced to the view's block.
     self._key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=key)
     self._counter_hi = tf.bitcast(counter, tf.int64)[1]
-    self._views = len(views)
-    self._size = size
+    self._groups = groups
+    crops = [g for g in groups for _ in range(g.num_crops)]  # one entry per crop number
+    self._views = len(crops)
     col = lambda xs: tf.constant(xs, tf.float32)[:, None]  # [V, 1]
-    self._area = (col([v.area[0] for v in views]),
-                  col([v.area[1] for v in views]))
-    self._log_aspect = (col([math.log(v.aspect[0]) for v in views]),
-                        col([math.log(v.aspect[1]) for v in views]))
-    self._aspect = (col([v.aspect[0] for v in views])[:, 0],
-                    col([v.aspect[1] for v in views])[:, 0])
-    self._flip_prob = col([v.flip_prob for v in views])[:, 0]
+    self._area = (col([g.area[0] for g in crops]),
+                  col([g.area[1] for g in crops]))
+    self._log_aspect = (col([math.log(g.aspect[0]) for g in crops]),
+                        col([math.log(g.aspect[1]) for g in crops]))
+    self._aspect = (col([g.aspect[0] for g in crops])[:, 0],
+                    col([g.aspect[1] for g in crops])[:, 0])
+    self._flip_prob = col([g.flip_prob for g in crops])[:, 0]
 
   def draws(self, first_index: tf.Tensor, count: int | tf.Tensor) -> tf.Tensor:
     """Uniforms [count, V, 44] of examples first_index, first_index + 1, ..."""
@@ -91,19 +85,26 @@ class _ViewSampler:
         counter=counter, alg=_PHILOX)
     return tf.reshape(u, [-1, self._views, _DRAWS_PER_VIEW])
 
-  def crop(self, images: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
-    """Random resized crops + flips: [N, H, W, C] -> uint8 [N, V, S, S, C]."""
+  def crop(self, images: tf.Tensor, u: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Random resized crops + flips: [N, H, W, C] -> {group: uint8 [N, n, S, S, C]}.
+
+    One `crop_and_resize` per group cuts all of its crops of the batch.
+    """
     shape = tf.shape(images)
     boxes = self._boxes(shape[1], shape[2], u)  # [N, V, 4]
     n = shape[0]
-    out = tf.image.crop_and_resize(
-        images, tf.reshape(boxes, [-1, 4]),
-        tf.repeat(tf.range(n), self._views), [self._size, self._size],
-        method="bilinear")
-    out = tf.reshape(_to_uint8(out), tf.concat(
-        [[n, self._views, self._size, self._size], shape[3:]], 0))
-    out.set_shape([None, self._views, self._size, self._size,
-                   images.shape[-1]])
+    out, first = {}, 0
+    for g in self._groups:
+      group_boxes = boxes[:, first:first + g.num_crops]
+      first += g.num_crops
+      crops = tf.image.crop_and_resize(
+          images, tf.reshape(group_boxes, [-1, 4]),
+          tf.repeat(tf.range(n), g.num_crops), [g.crop_size, g.crop_size],
+          method="bilinear")
+      crops = tf.reshape(_to_uint8(crops), tf.concat(
+          [[n, g.num_crops, g.crop_size, g.crop_size], shape[3:]], 0))
+      crops.set_shape([None, g.num_crops, g.crop_size, g.crop_size, images.shape[-1]])
+      out[g.name] = crops
     return out
 
   def _boxes(self, height: tf.Tensor, width: tf.Tensor,
@@ -163,6 +164,7 @@ class _ViewSampler:
 
 def make_pretrain_iterator(
     data_config: Any, views_config: Any, *, global_batch_size: int, seed: int,
+    view_groups: list[str] | None = None,
     start_step: int = 0, process_index: int | None = None,
     process_count: int | None = None, split: str | None = None,
     indices: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -173,10 +175,12 @@ def make_pretrain_iterator(
 
   Args:
     data_config: `config.data`.
-    views_config: `config.views`, views keyed v1, v2, ... (taken in sorted key
-      order); only the crop and flip fields are used here.
+    views_config: `config.views` (view groups, sslx/data/views.py) or a list
+      of parsed `ViewGroup`s; only the crop and flip fields are used here.
     global_batch_size: batch size over all processes.
     seed: the stream is a pure function of this seed (and the process index).
+    view_groups: the method's declared group order (crop numbering); None:
+      natural name order.
     start_step: yield the batches an uninterrupted iterator yields from its
       `start_step`-th batch on (for resuming from a checkpoint).
     process_index: this process; default `jax.process_index()`.
@@ -185,8 +189,11 @@ def make_pretrain_iterator(
     indices: keep only these examples of the split (sorted indices).
 
   Yields:
-    {'images': uint8 [B, V, S, S, 3], 'label': int32 [B]} with
-    B = global_batch_size // process_count and S = data_config.image_size.
+    {'views': {group: uint8 [B, n, S, S, 3]}, 'label': int32 [B], 'index':
+    int32 [B]} with B = global_batch_size // process_count, n and S the
+    group's `num_crops` and `crop_size` (default data_config.image_size), and
+    `index` the example's id in the split: a stable number in [0, N), the same
+    image always has the same one (memory banks, exemplar classes).
 
   Raises:
     ConfigError: invalid batch size, views or image size.
@@ -200,8 +207,8 @@ def make_pretrain_iterator(
   if start_step < 0:
     raise ConfigError(f"start_step must be >= 0, got {start_step}.")
   local_batch = global_batch_size // process_count
-  views = _parse_views(views_config)
   image_size = _image_size(data_config)
+  groups = views_lib.parse_groups(views_config, image_size=image_size, declared=view_groups)
   info = datasets.get_dataset_info(data_config)
 
   # Python-side seeds (file order) from a SeedSequence, tensor-side seeds by
@@ -219,19 +226,23 @@ def make_pretrain_iterator(
         f"Process {process_index} of {process_count} has no examples of "
         f"{info.name} split {split!r}.")
   par = _parallel(data_config)
-  base, decode = src.dataset, src.decode
+  decode = src.decode
+  start, stride = src.index_start, src.index_stride
+  # The example's id: its position in this process's shard, mapped to the split.
+  base = src.dataset.enumerate().map(
+      lambda i, ex: {"image": ex["image"], "label": ex["label"],
+                     "index": tf.cast(start + i * stride, tf.int32)})
   if data_config.cache and decode is not None:
     # Cache decoded uint8 images: later epochs skip reading and decoding. The
     # cache belongs to `base`, so every epoch below (a fresh iterator over it
     # inside flat_map) reads the same cache.
-    base = base.map(lambda ex: {"image": decode(ex["image"]),
-                                "label": ex["label"]},
+    base = base.map(lambda ex: dict(ex, image=decode(ex["image"])),
                     num_parallel_calls=par, deterministic=True).cache()
     decode = None
 
   key = tf.constant([seed, process_index], tf.int64)
   shuffle_key = _fold_in(key, _PURPOSE_SHUFFLE)
-  sampler = _ViewSampler(_fold_in(key, _PURPOSE_AUGMENT), views, image_size)
+  sampler = _ViewSampler(_fold_in(key, _PURPOSE_AUGMENT), groups)
   buffer = min(int(data_config.shuffle_buffer or 0), n)
 
   def epoch(e: tf.Tensor) -> tf.data.Dataset:
@@ -251,23 +262,24 @@ def make_pretrain_iterator(
   if tf.TensorShape(src.image_shape).is_fully_defined():
     # Equal image sizes: decode one by one, then crop whole batches at once.
     if decode is not None:
-      ds = ds.map(lambda i, ex: (i, {"image": decode(ex["image"]),
-                                     "label": ex["label"]}),
+      ds = ds.map(lambda i, ex: (i, dict(ex, image=decode(ex["image"]))),
                   num_parallel_calls=par, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True)
 
-    def augment_batch(index, ex):
-      u = sampler.draws(index[0], local_batch)
-      return {"images": _to_rgb(sampler.crop(ex["image"], u)),
-              "label": ex["label"]}
+    def augment_batch(position, ex):
+      u = sampler.draws(position[0], local_batch)
+      crops = sampler.crop(ex["image"], u)
+      return {"views": {k: _to_rgb(v) for k, v in crops.items()},
+              "label": ex["label"], "index": ex["index"]}
 
     ds = ds.map(augment_batch, num_parallel_calls=par, deterministic=True)
   else:
     # Sizes vary (ImageNet, image folders): crop each image on its own.
-    def augment_one(index, ex):
+    def augment_one(position, ex):
       image = ex["image"] if decode is None else decode(ex["image"])
-      out = sampler.crop(image[None], sampler.draws(index, 1))[0]
-      return {"images": _to_rgb(out), "label": ex["label"]}
+      crops = sampler.crop(image[None], sampler.draws(position, 1))
+      return {"views": {k: _to_rgb(v[0]) for k, v in crops.items()},
+              "label": ex["label"], "index": ex["index"]}
 
     ds = ds.map(augment_one, num_parallel_calls=par, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True)
@@ -425,36 +437,6 @@ def _process(index: int | None, count: int | None) -> tuple[int, int]:
   return index, count
 
 
-def _parse_views(views_config: Any) -> list[_ViewSpec]:
-  names = sorted(views_config.keys()) if views_config is not None else []
-  if not names:
-    raise ConfigError("config.views has no views; give at least one, e.g. "
-                      "v1 and v2 (see sslx/config_defaults.py).")
-  specs = []
-  for name in names:
-    v = views_config[name]
-    try:
-      spec = _ViewSpec(
-          area=(float(v.crop_area_min), float(v.crop_area_max)),
-          aspect=(float(v.crop_aspect_min), float(v.crop_aspect_max)),
-          flip_prob=float(v.flip_prob))
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-      raise ConfigError(
-          f"config.views.{name} needs numbers crop_area_min, crop_area_max, "
-          f"crop_aspect_min, crop_aspect_max and flip_prob ({e}).") from e
-    if not 0 < spec.area[0] <= spec.area[1] <= 1:
-      raise ConfigError(f"config.views.{name}: need 0 < crop_area_min <= "
-                        f"crop_area_max <= 1, got {spec.area}.")
-    if not 0 < spec.aspect[0] <= spec.aspect[1]:
-      raise ConfigError(f"config.views.{name}: need 0 < crop_aspect_min <= "
-                        f"crop_aspect_max, got {spec.aspect}.")
-    if not 0 <= spec.flip_prob <= 1:
-      raise ConfigError(f"config.views.{name}.flip_prob must be in [0, 1], "
-                        f"got {spec.flip_prob}.")
-    specs.append(spec)
-  return specs
-
-
 def _image_size(data_config: Any) -> int:
   size = data_config.image_size
   if not isinstance(size, (int, np.integer)) or size <= 0:
@@ -474,9 +456,9 @@ def _eval_split(data_config: Any, split: str) -> str:
     raise ConfigError(
         f"Dataset {info.name} {why}, so it has no {split!r} split to evaluate "
         "on. Use a labelled dataset with a test split (e.g. mnist5k, cifar10, "
-        "npz with x_test/y_test, folder with test/<class>/) or disable kNN "
-        "and the probe (--config.knn.enabled=False --config.probe.enabled="
-        "False).")
+        "npz with x_test/y_test, folder with test/<class>/), or for pretraining "
+        "switch off what needs it (--config.eval.knn=False --config.eval.linear=False "
+        "--config.probe.enabled=False).")
   return name
 
 

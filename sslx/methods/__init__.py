@@ -1,32 +1,36 @@
 """Self-supervised methods, one module each, chosen by `config.method`.
 
-Every module defines `Method`, a subclass of `base.SSLMethod`. Adding a method
-means adding its module here, its config in `configs/` and its tests; the
-trainer does not change.
+Every method module defines `Method`, a subclass of `base.SSLMethod` (the
+contract is in base.py). Adding a method means adding its module here and its
+line in METHODS, its config in `configs/` and its tests; the trainer does not
+change. Helper modules in this package are not methods unless listed.
 """
-
-import importlib
-import pkgutil
 
 from sslx import errors
 from sslx.methods import base
+from sslx.registry import Registry
+
+METHODS = Registry("method", "config.method", {
+    "byol": "sslx.methods.byol:Method",
+    "moco": "sslx.methods.moco:Method",
+    "rotnet": "sslx.methods.rotnet:Method",
+    "simclr": "sslx.methods.simclr:Method",
+})
 
 
 def available() -> list[str]:
-  return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base")
+  return sorted(METHODS.names())
 
 
 def get_method_class(config) -> type[base.SSLMethod]:
-  """`sslx.methods.<config.method>.Method`, after checking the name and the config section."""
+  """The `Method` class of `config.method`, after checking the name and the config section."""
   name = config.method
-  if name not in available():
-    raise errors.ConfigError(
-        f"Unknown method {name!r} (config.method); valid methods: {', '.join(available())}.")
+  METHODS.check(name)
   if name not in config:
     raise errors.ConfigError(
         f"config.method={name!r} needs the config section config.{name}, which this config "
         f"lacks; start from configs/{name}.py (--config=configs/{name}.py).")
-  return importlib.import_module(f"sslx.methods.{name}").Method
+  return METHODS.get(name)
 
 
 def get_method(config) -> base.SSLMethod:

@@ -2,16 +2,30 @@
 
 A method owns its networks (always including an encoder under the key
 'encoder', the part that transfers), its loss, and any state that is not
-trained by gradient descent (an EMA target, a queue of keys). The trainer owns
-everything else: data, augmentation, optimizer, sharding, checkpoints, the
-online probe and logging.
+trained by gradient descent (an EMA target, a queue of keys, a memory bank).
+The trainer owns everything else: data, augmentation, optimizer, sharding,
+checkpoints, the online probe and logging.
+
+What a method declares and receives:
+  * `view_groups`: the names of the view groups it trains on, in order
+    (config.views.<name>: crop size, number of crops, augmentation; see
+    sslx/data/views.py). The trainer checks the config has exactly these.
+  * `loss(params, batch_stats, method_state, batch, rngs, step)`, where
+    `batch` is {'views': {group: float [B, n, S, S, 3], normalised and
+    augmented}, 'label': int32 [B] (-1: unlabelled), 'index': int32 [B] (the
+    example's id in the dataset, for memory banks)}, and `rngs` holds separate
+    keys for the method's own sampling (`augment`), dropout and drop-path.
+  * `param_groups()`: optional extra optimizer groups (their own learning-rate
+    multiplier, frozen for the first steps or for ever), with
+    `param_group(path)` naming the group of each parameter.
 
 All methods are pure functions of explicit arguments, so the trainer can jit
 them over a device mesh and a resumed run can reproduce them exactly.
 """
 
 import abc
-from typing import Any
+import dataclasses
+from typing import Any, Sequence
 
 import flax
 import jax
@@ -20,10 +34,30 @@ import ml_collections
 
 from sslx import errors
 from sslx import models
-# x / ||x|| in float32: losses run at full precision whatever the compute dtype.
-from sslx.knn import l2_normalize  # pylint: disable=unused-import
+from sslx.core.numerics import l2_normalize  # pylint: disable=unused-import  (for methods)
+from sslx.data import views as views_lib
 
 PyTree = Any
+
+
+@flax.struct.dataclass
+class StepRngs:
+  """The step's keys, one per purpose, so adding dropout never changes a method's sampling."""
+  augment: jax.Array  # the method's own random sampling (MoCo's BN shuffle, masks, permutations)
+  dropout: jax.Array
+  drop_path: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamGroup:
+  """An optimizer group a method adds beside its main one (`config.optimizer`).
+
+  learning_rate_multiplier: this group's rate is the schedule's times this.
+  frozen_steps: no update at all (no decay either) for the first this many
+    steps (SwAV's prototypes during the first epoch); -1: never updated.
+  """
+  learning_rate_multiplier: float = 1.0
+  frozen_steps: int = 0
 
 
 @flax.struct.dataclass
@@ -31,15 +65,15 @@ class LossOutput:
   """What `SSLMethod.loss` returns beside the scalar loss."""
   batch_stats: PyTree  # online BatchNorm statistics after the forward passes
   method_state: PyTree  # method state after the forward passes (e.g. target BN stats)
-  features: jax.Array  # online encoder features of the first view [B, D], for the probe
-  embeddings: jax.Array  # online output embedding of the first view [B, E], for monitoring
+  features: jax.Array  # online encoder features of one view per image [B, D], for the probe
+  embeddings: jax.Array  # online output embedding of that view [B, E], for monitoring
   metrics: dict[str, jax.Array]
 
 
 class SSLMethod(abc.ABC):
   """Base class; subclasses are stateless apart from their (static) config."""
 
-  num_views: int = 2
+  view_groups: tuple[str, ...] = ("v1", "v2")
 
   def __init__(self, config: ml_collections.ConfigDict):
     problems = self.config_problems(config)
@@ -47,8 +81,9 @@ class SSLMethod(abc.ABC):
       raise errors.ConfigError(" ".join(problems))
     self.config = config
     self.dtype = jnp.dtype(config.dtype)
-    self.encoder = models.create_encoder(config.model, dtype=self.dtype)
-    self.feature_dim = models.feature_dim(config.model)
+    self.backbone = models.get_backbone(config.model)
+    self.encoder = self.backbone.module(self.dtype)
+    self.feature_dim = self.backbone.feature_dim
 
   @classmethod
   def config_problems(cls, config: ml_collections.ConfigDict) -> list[str]:
@@ -56,12 +91,7 @@ class SSLMethod(abc.ABC):
 
     Subclasses add the checks of their `config.<method>` section to these.
     """
-    views = sorted(config.views.keys())
-    if len(views) != cls.num_views:
-      return [f"method {config.method!r} takes {cls.num_views} view(s) per image, but "
-              f"config.views defines {len(views)} ({', '.join(views) or 'none'}); start from "
-              f"configs/{config.method}.py, which sets the views the method needs."]
-    return []
+    return views_lib.name_problems(config.get("views"), cls.view_groups, config.method)
 
   @abc.abstractmethod
   def init(self, rng: jax.Array, images: jax.Array) -> tuple[PyTree, PyTree, PyTree]:
@@ -69,7 +99,7 @@ class SSLMethod(abc.ABC):
 
   @abc.abstractmethod
   def loss(self, params: PyTree, batch_stats: PyTree, method_state: PyTree,
-           views: tuple[jax.Array, ...], rng: jax.Array,
+           batch: dict[str, Any], rngs: StepRngs,
            step: jax.Array) -> tuple[jax.Array, LossOutput]:
     """Scalar loss over the global batch, differentiated w.r.t. `params` only."""
 
@@ -81,16 +111,35 @@ class SSLMethod(abc.ABC):
     del params, step
     return method_state
 
+  def param_groups(self) -> dict[str, ParamGroup]:
+    """Extra optimizer groups by name; {} (the default): one optimizer for everything."""
+    return {}
+
+  def param_group(self, path: Sequence[str]) -> str | None:
+    """The extra group of the parameter at `path` in the method's params, None: the main one."""
+    del path
+    return None
+
   def encoder_variables(self, params: PyTree, batch_stats: PyTree) -> PyTree:
     """The transferable encoder's variables, as `self.encoder.apply` takes them."""
     return {"params": params["encoder"], "batch_stats": batch_stats["encoder"]}
 
   # Helpers shared by methods.
+  @staticmethod
+  def view(batch: dict[str, Any], group: str, crop: int = 0) -> jax.Array:
+    """Crop `crop` of view group `group` for the whole batch, [B, S, S, 3]."""
+    return batch["views"][group][:, crop]
+
   def apply_train(self, module, params, batch_stats, x):
     """Applies a module in training mode; returns (output, new batch_stats)."""
     out, updates = module.apply({"params": params, "batch_stats": batch_stats}, x,
                                 train=True, mutable=["batch_stats"])
     return out, updates["batch_stats"]
+
+  def encode(self, params, batch_stats, x):
+    """The encoder in training mode: (pooled features [B, D], new batch_stats)."""
+    out, batch_stats = self.apply_train(self.encoder, params, batch_stats, x)
+    return out.pooled, batch_stats
 
   @staticmethod
   def init_module(module, rng, x):
@@ -106,4 +155,3 @@ class SSLMethod(abc.ABC):
   def copy_of(tree: PyTree, keys) -> PyTree:
     """A fresh copy of the sub-networks `keys` of `tree` (a momentum network's start)."""
     return jax.tree.map(jnp.copy, {k: tree[k] for k in keys})
-

@@ -19,9 +19,9 @@ used if someone evaluates the target network.
 import jax
 import jax.numpy as jnp
 
-from sslx import config_validation
+from sslx.config import validation as config_validation
 from sslx import models
-from sslx import schedules
+from sslx.core import schedules
 from sslx.methods import base
 
 
@@ -37,7 +37,7 @@ def regression_loss(prediction: jax.Array, target: jax.Array) -> jax.Array:
 class Method(base.SSLMethod):
   """BYOL on the generic trainer."""
 
-  num_views = 2
+  view_groups = ("v1", "v2")
 
   @classmethod
   def config_problems(cls, config):
@@ -69,7 +69,7 @@ class Method(base.SSLMethod):
     return params, batch_stats, method_state
 
   def _online(self, params, batch_stats, x):
-    features, bs_enc = self.apply_train(self.encoder, params["encoder"], batch_stats["encoder"], x)
+    features, bs_enc = self.encode(params["encoder"], batch_stats["encoder"], x)
     projection, bs_proj = self.apply_train(self.projector, params["projector"],
                                            batch_stats["projector"], features)
     prediction, bs_pred = self.apply_train(self.predictor, params["predictor"],
@@ -78,14 +78,14 @@ class Method(base.SSLMethod):
     return features, projection, prediction, new_stats
 
   def _target(self, params, batch_stats, x):
-    features, bs_enc = self.apply_train(self.encoder, params["encoder"], batch_stats["encoder"], x)
+    features, bs_enc = self.encode(params["encoder"], batch_stats["encoder"], x)
     projection, bs_proj = self.apply_train(self.projector, params["projector"],
                                            batch_stats["projector"], features)
     return projection, {"encoder": bs_enc, "projector": bs_proj}
 
-  def loss(self, params, batch_stats, method_state, views, rng, step):
-    del rng, step  # BYOL's forward pass is deterministic given the views.
-    view1, view2 = views
+  def loss(self, params, batch_stats, method_state, batch, rngs, step):
+    del rngs, step  # BYOL's forward pass is deterministic given the views.
+    view1, view2 = self.view(batch, "v1"), self.view(batch, "v2")
     # Each view is a separate forward pass, so BN normalises each view with its
     # own batch statistics, as in the reference implementation.
     feat1, proj1, pred1, stats = self._online(params, batch_stats, view1)

@@ -41,9 +41,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sslx import config_validation
+from sslx.config import validation as config_validation
 from sslx import models
-from sslx import schedules
+from sslx.core import schedules
 from sslx.methods import base
 
 KEY_NETWORKS = ("encoder", "projector")
@@ -114,7 +114,7 @@ def grouped_apply(apply_fn, x: jax.Array, groups: int, permutation: jax.Array | 
 class Method(base.SSLMethod):
   """MoCo v2 (queue, shuffled BN) or v3 (predictor, in-batch keys), by `config.moco.version`."""
 
-  num_views = 2
+  view_groups = ("v1", "v2")
 
   @classmethod
   def config_problems(cls, config):
@@ -184,7 +184,7 @@ class Method(base.SSLMethod):
     groups = self.config.moco.bn_groups
 
     def apply(xg):
-      h, bs = self.apply_train(self.encoder, params["encoder"], batch_stats["encoder"], xg)
+      h, bs = self.encode(params["encoder"], batch_stats["encoder"], xg)
       stats, outs = {"encoder": bs}, [h]
       for name, module in networks:
         y, stats[name] = self.apply_train(module, params[name], batch_stats[name], outs[-1])
@@ -193,16 +193,16 @@ class Method(base.SSLMethod):
 
     return grouped_apply(apply, x, groups, permutation)
 
-  def loss(self, params, batch_stats, method_state, views, rng, step):
+  def loss(self, params, batch_stats, method_state, batch, rngs, step):
     del step
     c = self.config.moco
-    view1, view2 = views
+    view1, view2 = self.view(batch, "v1"), self.view(batch, "v2")
     key_params = jax.lax.stop_gradient(method_state["key_params"])
     key_heads = [("projector", self.projector)]
     query_heads = key_heads + ([("predictor", self.predictor)] if self.predictor else [])
     n = view1.shape[0]
     shuffle = c.bn_groups > 1
-    perms = jax.random.split(rng, 2)
+    perms = jax.random.split(rngs.augment, 2)
 
     def keys(x, key_stats, i):
       perm = jax.random.permutation(perms[i], n) if shuffle else None

@@ -48,7 +48,7 @@ def rotate_batch(images: jax.Array) -> tuple[jax.Array, jax.Array]:
 class Method(base.SSLMethod):
   """RotNet on the generic trainer."""
 
-  num_views = 1
+  view_groups = ("v1",)
 
   def __init__(self, config):
     super().__init__(config)
@@ -62,12 +62,12 @@ class Method(base.SSLMethod):
     params["head"], batch_stats["head"] = self.init_module(self.head, k_head, x)
     return params, batch_stats, {}
 
-  def loss(self, params, batch_stats, method_state, views, rng, step):
-    del rng, step
-    (view,) = views
+  def loss(self, params, batch_stats, method_state, batch, rngs, step):
+    del rngs, step
+    view = self.view(batch, "v1")
     n = view.shape[0]
     x, labels = rotate_batch(view)
-    features, bs_enc = self.apply_train(self.encoder, params["encoder"], batch_stats["encoder"], x)
+    features, bs_enc = self.encode(params["encoder"], batch_stats["encoder"], x)
     logits, bs_head = self.apply_train(self.head, params["head"], batch_stats["head"], features)
     loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
     accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)

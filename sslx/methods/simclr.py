@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sslx import config_validation
+from sslx.config import validation as config_validation
 from sslx import models
 from sslx.methods import base
 
@@ -48,7 +48,7 @@ def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float) -> tuple[jax.Array
 class Method(base.SSLMethod):
   """SimCLR on the generic trainer."""
 
-  num_views = 2
+  view_groups = ("v1", "v2")
 
   @classmethod
   def config_problems(cls, config):
@@ -73,12 +73,12 @@ class Method(base.SSLMethod):
     params["projector"], batch_stats["projector"] = self.init_module(self.projector, k_proj, x)
     return params, batch_stats, {}
 
-  def loss(self, params, batch_stats, method_state, views, rng, step):
-    del rng, step  # deterministic given the views
-    view1, view2 = views
+  def loss(self, params, batch_stats, method_state, batch, rngs, step):
+    del rngs, step  # deterministic given the views
+    view1, view2 = self.view(batch, "v1"), self.view(batch, "v2")
     n = view1.shape[0]
     x = jnp.concatenate([view1, view2], axis=0)
-    features, bs_enc = self.apply_train(self.encoder, params["encoder"], batch_stats["encoder"], x)
+    features, bs_enc = self.encode(params["encoder"], batch_stats["encoder"], x)
     z, bs_proj = self.apply_train(self.projector, params["projector"], batch_stats["projector"],
                                   features)
     loss, accuracy = nt_xent(z[:n], z[n:], self.config.simclr.temperature)

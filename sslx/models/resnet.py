@@ -1,8 +1,11 @@
-"""ResNet encoders (He et al., 2016) in flax.linen, without a classifier.
+"""ResNet encoders (He et al., 2016) in flax.linen, without a classifier, and their backbone spec.
 
-The encoder maps images [B, H, W, C] to a global-average-pooled representation
-[B, D]; self-supervised methods put their own projector on top and probes read
-the representation directly, so there is no fc layer.
+The encoder maps images [B, H, W, C] to a `BackboneOutput`: the
+global-average-pooled representation [B, D] and the feature maps of the stem
+and of each stage; self-supervised methods put their own projector on top and
+probes read the representation directly, so there is no fc layer.
+`ResNetBackbone` is the backbone contract (sslx/models/backbone.py) for the
+whole family: the only place that knows these are ResNets.
 
 Layout follows torchvision's ResNet "v1.5" (the variant BYOL, SimCLR and MoCo
 report with): bias-free convolutions each followed by BatchNorm, the stride of a
@@ -23,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from sslx import errors
+from sslx.models.backbone import Backbone, BackboneOutput
 
 Dtype = Any
 Array = jnp.ndarray
@@ -158,7 +162,11 @@ BlockType = type[BasicBlock] | type[Bottleneck]
 
 
 class ResNet(nn.Module):
-  """ResNet encoder returning the pooled representation [B, feature_dim].
+  """ResNet encoder returning a BackboneOutput: pooled [B, feature_dim] and the maps.
+
+  `feature_maps` holds 'stem' (after the stem's ReLU, and max-pool for the
+  ImageNet stem) and 'stage1'..'stage4' (each stage's last block), [B, h, w, c]
+  in the compute dtype. Unused maps cost nothing: XLA drops them.
 
   Attributes:
     stage_sizes: number of blocks in each of the four stages.
@@ -191,7 +199,7 @@ class ResNet(nn.Module):
                            self.width)
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
+  def __call__(self, x: Array, train: bool) -> BackboneOutput:
     if self.stem not in STEMS:
       raise errors.ConfigError(
           f'Unknown ResNet stem {self.stem!r}; valid stems: '
@@ -223,6 +231,7 @@ class ResNet(nn.Module):
       # -inf or 0 gives the same maxima.
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     x = group_done(x, 0)
+    maps = {'stem': x}
 
     for i, num_blocks in enumerate(self.stage_sizes):
       stage_train = train and self.frozen_groups <= i + 1
@@ -238,10 +247,12 @@ class ResNet(nn.Module):
             name=f'stage{i + 1}_block{j}',
         )(x, stage_train)
       x = group_done(x, i + 1)
+      maps[f'stage{i + 1}'] = x
 
     # Pool in float32: a bfloat16 mean over H*W terms would lose precision,
     # and downstream losses, probes and kNN all want float32 features.
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    return BackboneOutput(pooled=jnp.mean(x.astype(jnp.float32), axis=(1, 2)),
+                          feature_maps=maps)
 
 
 def total_stride(stem: str) -> int:
@@ -264,3 +275,98 @@ resnet34 = _variant((3, 4, 6, 3), BasicBlock, 'ResNet-34 (basic blocks).')
 resnet50 = _variant((3, 4, 6, 3), Bottleneck, 'ResNet-50 (bottlenecks).')
 resnet101 = _variant((3, 4, 23, 3), Bottleneck, 'ResNet-101 (bottlenecks).')
 resnet152 = _variant((3, 8, 36, 3), Bottleneck, 'ResNet-152 (bottlenecks).')
+
+
+VARIANTS: dict[str, Callable[..., ResNet]] = {
+    'resnet10': resnet10,
+    'resnet18': resnet18,
+    'resnet34': resnet34,
+    'resnet50': resnet50,
+    'resnet101': resnet101,
+    'resnet152': resnet152,
+}
+
+
+class ResNetBackbone(Backbone):
+  """The backbone contract for every ResNet variant (`config.model.name` in VARIANTS).
+
+  Model fields: `name`, `width` (channel multiplier), `stem` ('cifar' or
+  'imagenet') and `zero_init_residual` (optional; False when absent, so that
+  configs written before the field existed still load).
+  """
+
+  identity_fields = ('name', 'width', 'stem', 'zero_init_residual')
+  layer_groups = LAYER_GROUPS
+
+  def __init__(self, model_config):
+    problems = self.config_problems(model_config, None)
+    if problems:
+      raise errors.ConfigError(' '.join(problems))
+    super().__init__(model_config)
+    get = model_config.get
+    self.name = get('name')
+    self.width = float(get('width'))
+    self.stem = get('stem')
+    self.zero_init_residual = bool(get('zero_init_residual') or False)
+
+  @classmethod
+  def config_problems(cls, model_config, image_size):
+    get = model_config.get
+    problems = []
+    if get('name') not in VARIANTS:
+      problems.append(f'Unknown model.name {get("name")!r}; valid ResNets: '
+                      f'{", ".join(VARIANTS)}.')
+    if get('stem') not in STEMS:
+      problems.append(f'Unknown model.stem {get("stem")!r}; valid stems: '
+                      f'{", ".join(STEMS)}.')
+    width = get('width')
+    if not (isinstance(width, (int, float)) and not isinstance(width, bool)
+            and width > 0):
+      problems.append(f'config.model.width={width!r}; it must be a number > 0.')
+    zero_init = get('zero_init_residual')
+    if zero_init is not None and not isinstance(zero_init, bool):
+      problems.append(f'config.model.zero_init_residual={zero_init!r}; it must be '
+                      'True or False.')
+    stem = get('stem')
+    if (isinstance(image_size, int) and not isinstance(image_size, bool)
+        and stem in STEMS and image_size < total_stride(stem)):
+      stride = total_stride(stem)
+      other = [s for s in STEMS if total_stride(s) <= image_size]
+      fix = (f'use model.stem={other[0]!r} (total stride {total_stride(other[0])}) or '
+             if other else '')
+      problems.append(
+          f'config.data.image_size={image_size} is smaller than the total stride {stride} '
+          f'of a ResNet with model.stem={stem!r}, so its last stage would see padding '
+          f'only; {fix}use image_size >= {stride}.')
+    return problems
+
+  @property
+  def feature_dim(self) -> int:
+    return scaled_channels(_STAGE_FILTERS[-1] * VARIANTS[self.name].keywords['block'].expansion,
+                           self.width)
+
+  @property
+  def feature_map_names(self) -> tuple[str, ...]:
+    return LAYER_GROUPS
+
+  def identity(self) -> dict[str, Any]:
+    return {'name': self.name, 'width': self.width, 'stem': self.stem,
+            'zero_init_residual': self.zero_init_residual}
+
+  def module(self, dtype: Any = 'float32', frozen_groups: int = 0) -> ResNet:
+    try:
+      # Accepts jnp.bfloat16 as well as the config's string form ('bfloat16').
+      dtype = jnp.dtype(dtype)
+    except TypeError as e:
+      raise errors.ConfigError(f'Unknown dtype {dtype!r}.') from e
+    return VARIANTS[self.name](width=self.width, stem=self.stem, dtype=dtype,
+                               zero_init_residual=self.zero_init_residual,
+                               frozen_groups=frozen_groups)
+
+  def layer_group(self, path) -> str:
+    """'stem_conv' -> 'stem', 'stage3_block1' -> 'stage3' (module names are the format)."""
+    top = str(path[0])
+    group = 'stem' if top.startswith('stem') else top.split('_')[0]
+    if group not in LAYER_GROUPS:
+      raise ValueError(f'{"/".join(map(str, path))} is not a ResNet parameter.')
+    return group

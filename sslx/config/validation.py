@@ -11,9 +11,10 @@ from typing import Any, Callable
 
 import ml_collections
 
-from sslx import mesh
 from sslx import models
-from sslx import optim
+from sslx.core import mesh
+from sslx.core import optim
+from sslx.data import views
 
 _MISSING = object()
 
@@ -84,10 +85,7 @@ TOP_LEVEL = {
     "data.eval_crop_fraction": OPEN_UNIT_INTERVAL,
     "data.shuffle_buffer": POSITIVE_INT,
     "data.prefetch": NON_NEGATIVE_INT,
-    "model.width": POSITIVE,
-    "model.stem": one_of(*models.STEMS),
-    "model.name": one_of(*models.MODELS),
-    "optimizer.name": one_of(*optim.OPTIMIZERS),
+    "optimizer.name": one_of(*optim.OPTIMIZERS.names()),
     "optimizer.base_learning_rate": POSITIVE,
     "optimizer.weight_decay": NON_NEGATIVE,
     "optimizer.momentum": MOMENTUM,
@@ -106,62 +104,19 @@ TOP_LEVEL = {
     "collapse.min_effective_rank": NON_NEGATIVE,
 }
 
-VIEW = {
-    "crop_area_min": OPEN_UNIT_INTERVAL,
-    "crop_area_max": OPEN_UNIT_INTERVAL,
-    "crop_aspect_min": POSITIVE,
-    "crop_aspect_max": POSITIVE,
-    "flip_prob": UNIT_INTERVAL,
-    "color_jitter_prob": UNIT_INTERVAL,
-    "brightness": NON_NEGATIVE,
-    "contrast": NON_NEGATIVE,
-    "saturation": NON_NEGATIVE,
-    "hue": (lambda v: _is_real(v) and 0 <= v <= 0.5, "a number in [0, 0.5]"),
-    "grayscale_prob": UNIT_INTERVAL,
-    "blur_prob": UNIT_INTERVAL,
-    "blur_sigma_min": POSITIVE,
-    "blur_sigma_max": POSITIVE,
-    "blur_kernel_fraction": OPEN_UNIT_INTERVAL,
-    "solarize_prob": UNIT_INTERVAL,
-    "solarize_threshold": UNIT_INTERVAL,
-}
-
-
-def _ordered(config, low: str, high: str, prefix: str) -> list[str]:
-  lo, hi = _get(config, low), _get(config, high)
-  if _is_real(lo) and _is_real(hi) and lo > hi:
-    return [f"config.{prefix}{low}={lo} is above config.{prefix}{high}={hi}."]
-  return []
-
-
 def view_problems(config) -> list[str]:
-  problems = []
-  for name, view in (config.get("views") or {}).items():
-    prefix = f"views.{name}."
-    problems += check_fields(view, VIEW, prefix=prefix)
-    problems += _ordered(view, "crop_area_min", "crop_area_max", prefix)
-    problems += _ordered(view, "crop_aspect_min", "crop_aspect_max", prefix)
-    problems += _ordered(view, "blur_sigma_min", "blur_sigma_max", prefix)
-  return problems
+  """The view groups' fields (sslx/data/views.py is the one place they are named)."""
+  return views.group_problems(config.get("views"))
 
 
-def image_size_problems(config) -> list[str]:
-  """The encoder must see at least one pixel per output position of its last stage."""
-  size, stem = _get(config, "data.image_size"), _get(config, "model.stem")
-  if not _is_int(size) or stem not in models.STEMS:
-    return []  # already reported by the field checks
-  stride = models.total_stride(stem)
-  if size < stride:
-    other = [s for s in models.STEMS if models.total_stride(s) <= size]
-    fix = (f"use model.stem={other[0]!r} (total stride {models.total_stride(other[0])}) or "
-           if other else "")
-    return [f"config.data.image_size={size} is smaller than the total stride {stride} of a "
-            f"ResNet with model.stem={stem!r}, so its last stage would see padding only; "
-            f"{fix}use image_size >= {stride}."]
-  return []
+def model_problems(config) -> list[str]:
+  """The backbone's own checks (name, fields, and the image size it will see)."""
+  model = config.get("model")
+  if model is None:
+    return ["config.model is missing."]
+  return models.backbone_problems(model, _get(config, "data.image_size"))
 
 
 def problems(config: ml_collections.ConfigDict) -> list[str]:
   """All type and range problems of a pretraining config that need no method or dataset."""
-  found = check_fields(config, TOP_LEVEL) + view_problems(config) + image_size_problems(config)
-  return found
+  return check_fields(config, TOP_LEVEL) + view_problems(config) + model_problems(config)

@@ -6,7 +6,7 @@ import copy
 
 import ml_collections
 
-from sslx import config_defaults
+from sslx.config import defaults as config_defaults
 
 placeholder = ml_collections.config_dict.placeholder
 
@@ -85,8 +85,14 @@ def base_transfer_config(job: str, preset: str, config_file: str) -> ml_collecti
   ))
 
   c.log_every_steps = 50
+  # The supervised loop (fine-tuning, augmented linear probe): checkpoints in
+  # WORKDIR/checkpoints every this many steps and at the end, the newest
+  # `keep_checkpoints` kept; a rerun resumes. Non-finite steps as in pretraining.
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 2
+  c.nonfinite = ml_collections.ConfigDict(pretrain.nonfinite.to_dict())
   c.distributed = pretrain.distributed
   c.num_devices = placeholder(int)
   c.cpu_devices = 0
-  c.cpu_conv_backend = 'eigen'  # as pretraining's (sslx/config_defaults.py)
+  c.cpu_conv_backend = 'eigen'  # as pretraining's (sslx/config/defaults.py)
   return c

@@ -11,7 +11,7 @@ labelled TRAIN subset (never on the test split):
 - augment=False (the fast path): features of centre crops are computed once;
   a multinomial logistic regression on standardised features is fitted with
   L-BFGS for each L2 strength of `linear.l2_grid`, the best on the held-out
-  part is refitted on the whole subset (sslx/linear_probe.py).
+  part is refitted on the whole subset (sslx/evaluation/linear_probe.py).
 - augment=True: the classic protocol of the SSL papers: SGD with Nesterov
   momentum and a cosine schedule on features of randomly cropped and flipped
   images, the encoder frozen in inference mode. Every (learning rate, weight
@@ -24,20 +24,21 @@ labelled TRAIN subset (never on the test split):
 import functools
 import itertools
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-from sslx import augment
 from sslx import data
 from sslx import errors
-from sslx import linear_probe
-from sslx import mesh as mesh_lib
 from sslx import models
-from sslx import transfer
+from sslx.core import mesh as mesh_lib
+from sslx.core import supervised_loop
+from sslx.data import augment
+from sslx.evaluation import linear_probe
+from sslx.evaluation import metrics as metrics_lib
+from sslx.evaluation import transfer
 
 
 def validate(config) -> None:
@@ -79,7 +80,7 @@ def multi_head_loss(heads, features, labels, weight_decays):
   return jnp.sum(ce + decay)
 
 
-def _train_augmented(config, backbone, info, data_config, mesh, extract, indices, labels):
+def _train_augmented(config, workdir, loaded, info, data_config, mesh, extract, indices, labels):
   """The augmented protocol; returns (test scores, chosen hyperparameters, grid results)."""
   c = config.linear
   fit_pos, held_pos = holdout_split(labels, c.holdout_fraction, config.seed)
@@ -98,38 +99,48 @@ def _train_augmented(config, backbone, info, data_config, mesh, extract, indices
   # Unit peak: each head's rate multiplies the (linear) momentum update below.
   tx = optax.sgd(optax.cosine_decay_schedule(1.0, steps), momentum=c.momentum, nesterov=True)
   heads = {"w": jnp.zeros((num_heads, dim, num_classes)), "b": jnp.zeros((num_heads, num_classes))}
-  heads, opt_state = mesh_lib.replicate((heads, tx.init(heads)), mesh)
-  variables = mesh_lib.replicate(backbone.variables, mesh)
-  encoder = models.create_encoder(backbone.model_config, dtype=jnp.dtype(config.dtype))
+  state = mesh_lib.replicate(supervised_loop.SupervisedState.create(heads, {}, tx.init(heads)),
+                             mesh)
+  variables = mesh_lib.replicate(loaded.variables, mesh)
+  encoder = models.create_encoder(loaded.model_config, dtype=jnp.dtype(config.dtype))
   mean_j, std_j = jnp.asarray(mean), jnp.asarray(std)
+  action = config.nonfinite.action
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def step(heads, opt_state, variables, images, labels):
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(state, batch, variables):
+    images, labels = batch["views"]["v1"], batch["label"]
     x = augment.normalize(augment.to_float01(images[:, 0]), info.mean, info.std, encoder.dtype)
-    features = (encoder.apply(variables, x, train=False) - mean_j) / std_j
-    loss, grads = jax.value_and_grad(multi_head_loss)(heads, features, labels, wds)
-    updates, opt_state = tx.update(grads, opt_state)
+    features = (encoder.apply(variables, x, train=False).pooled - mean_j) / std_j
+    loss, grads = jax.value_and_grad(multi_head_loss)(state.params, features, labels, wds)
+    updates, opt_state = tx.update(grads, state.opt_state)
     updates = jax.tree.map(lambda u: u * lrs.reshape((-1,) + (1,) * (u.ndim - 1)), updates)
-    return optax.apply_updates(heads, updates), opt_state, loss / num_heads
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        opt_state=opt_state)
+    new, flags = supervised_loop.guard(state, new, loss, grads, action)
+    return new, {"loss": loss / num_heads, "grad_norm": optax.global_norm(grads), **flags}
 
-  batches = data.make_pretrain_iterator(
-      data_config, ml_collections.ConfigDict({"v1": c.view}), global_batch_size=config.batch_size,
-      seed=config.seed, split=info.train_split, indices=fit_idx)
-  for i in range(steps):
-    batch = mesh_lib.to_global(next(batches), mesh)
-    heads, opt_state, loss = step(heads, opt_state, variables, batch["images"], batch["label"])
-    if (i + 1) % config.log_every_steps == 0 or i + 1 == steps:
-      logging.info("linear probe step %d/%d | mean loss over %d heads %.4g", i + 1, steps,
-                   num_heads, float(loss))
+  view_config = ml_collections.ConfigDict({"v1": c.view})
 
-  heads = jax.device_get(heads)
+  def batches_from(start_step):
+    return data.make_pretrain_iterator(
+        data_config, view_config, global_batch_size=config.batch_size, seed=config.seed,
+        split=info.train_split, indices=fit_idx, start_step=start_step)
+
+  identity = dict(supervised_loop.describe_for_resume(config, "linear"),
+                  encoder=loaded.source["checkpoint"], encoder_step=loaded.source["step"])
+  loop = supervised_loop.Loop(name="linear probe", workdir=workdir, config=config, mesh=mesh,
+                              num_steps=steps, identity=identity, metric_prefix="linear")
+  state, _ = loop.run(state, lambda st, batch: step(st, batch, variables), batches_from)
+
+  heads = jax.device_get(state.params)
   predict = lambda x: np.asarray(multi_head_logits(heads, jnp.asarray((x - mean) / std)))
   held_x, held_y = extract("train", batch_size=config.eval.batch_size, indices=held_idx)
   held_logits = predict(held_x)
-  held_top1 = [linear_probe.top1_top5(held_logits[g], held_y, num_classes)["top1"] for g in range(num_heads)]
+  held_top1 = [metrics_lib.top1_top5(held_logits[g], held_y, num_classes)["top1"]
+               for g in range(num_heads)]
   best = int(np.argmax(held_top1))
   test_x, test_y = extract("test", batch_size=config.eval.batch_size)
-  scores = linear_probe.top1_top5(predict(test_x)[best], test_y, num_classes)
+  scores = metrics_lib.top1_top5(predict(test_x)[best], test_y, num_classes)
   chosen = dict(learning_rate=grid[best][0], weight_decay=grid[best][1],
                 holdout_top1=held_top1[best], train_steps=steps, num_fit=len(fit_idx),
                 num_holdout=len(held_idx))
@@ -140,17 +151,17 @@ def _train_augmented(config, backbone, info, data_config, mesh, extract, indices
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate(config)
-  augment = config.linear.augment
-  s = transfer.setup(config, workdir, need_labels=augment, batch_sizes=(
-      (config.eval.batch_size, config.batch_size) if augment else (config.eval.batch_size,)))
-  backbone, info, subset = s.backbone, s.info, s.subset
-  extract = transfer.FeatureExtractor(backbone, info, s.data_config, s.mesh,
-                                      dtype=jnp.dtype(config.dtype))
+  augmented = config.linear.augment
+  s = transfer.setup(config, workdir, need_labels=augmented, batch_sizes=(
+      (config.eval.batch_size, config.batch_size) if augmented else (config.eval.batch_size,)))
+  loaded, info, subset = s.backbone, s.info, s.subset
+  extract = transfer.feature_extractor(loaded, info, s.data_config, s.mesh,
+                                       dtype=jnp.dtype(config.dtype))
 
-  if augment:
+  if augmented:
     indices = np.arange(len(s.labels)) if subset is None else subset
-    scores, chosen, sweep = _train_augmented(config, backbone, info, s.data_config, s.mesh,
-                                             extract, indices, s.labels[indices])
+    scores, chosen, sweep = _train_augmented(config, workdir, loaded, info, s.data_config,
+                                             s.mesh, extract, indices, s.labels[indices])
     num_labelled, extra = len(indices), dict(**chosen, sweep=sweep)
     name = "linear probe (SGD, augmented)"
   else:
@@ -163,6 +174,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     num_labelled, extra = len(train_y), {}
     name = "linear probe (L-BFGS)"
   results = dict(protocol="linear", augment=bool(config.linear.augment), **scores,
-                 **transfer.describe(config, backbone, info, num_labelled), **extra)
+                 **transfer.describe(config, loaded, info, num_labelled), **extra)
   transfer.write_results(workdir, results, transfer.summary_line(name, results))
   return results

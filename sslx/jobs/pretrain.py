@@ -26,20 +26,20 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sslx import augment
-from sslx import checkpointing
-from sslx import config_validation
 from sslx import data
 from sslx import errors
-from sslx import health
-from sslx import knn
-from sslx import linear_probe
-from sslx import mesh as mesh_lib
 from sslx import methods
-from sslx import models
-from sslx import optim
-from sslx import preemption
-from sslx import progress as progress_lib
+from sslx.config import validation as config_validation
+from sslx.core import checkpointing
+from sslx.core import health
+from sslx.core import mesh as mesh_lib
+from sslx.core import optim
+from sslx.core import preemption
+from sslx.core import progress as progress_lib
+from sslx.data import augment
+from sslx.data import views as views_lib
+from sslx.evaluation import features as features_lib
+from sslx.models import init_variables as models_init
 
 PyTree = Any
 
@@ -80,13 +80,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> data
       info = data.get_dataset_info(config.data)
     except errors.ConfigError as e:
       problems.append(str(e))
-  if info is not None:
-    steps_per_epoch = info.num_train_examples / config.batch_size
-    warmup = optim.warmup_steps(config.optimizer, steps_per_epoch)
-    if warmup >= config.train_steps:
-      problems.append(
-          f"config.optimizer.warmup_epochs={config.optimizer.warmup_epochs} is {warmup} steps, "
-          f"not fewer than config.train_steps={config.train_steps}; lower it (0 is allowed).")
   if problems:
     raise errors.ConfigError(f"Invalid config ({len(problems)} problem"
                              f"{'s' if len(problems) > 1 else ''}):\n  - "
@@ -118,11 +111,17 @@ class Trainer:
     self.mesh = mesh
     self.method = methods.get_method(config)
     self.dtype = jnp.dtype(config.dtype)
+    self.view_groups = views_lib.parse_groups(
+        config.views, image_size=config.data.image_size, declared=self.method.view_groups)
     self.steps_per_epoch = info.num_train_examples / config.batch_size
-    self.tx, self.lr_schedule = optim.create_optimizer(config, steps_per_epoch=self.steps_per_epoch)
+    self.tx, self.lr_schedule = optim.create_optimizer(
+        config, steps_per_epoch=self.steps_per_epoch, method=self.method)
     self.num_classes = info.num_classes if config.probe.enabled else None
-    size = config.data.image_size
+    size = self.view_groups[0].crop_size
     self._dummy_images = jnp.zeros((2, size, size, 3), jnp.float32)
+    # Evaluation (centre crops) runs at the data's image size.
+    eval_size = config.data.image_size
+    self._eval_images = jnp.zeros((2, eval_size, eval_size, 3), jnp.float32)
     self.state_sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), self.abstract_state())
     self.train_step = jax.jit(
         self._train_step,
@@ -135,7 +134,7 @@ class Trainer:
     model_params, batch_stats, method_state = self.method.init(k_model, self._dummy_images)
     params = {"model": model_params, "probe": {}}
     if self.num_classes:
-      dim = models.feature_dim(self.config.model)
+      dim = self.method.feature_dim
       params["probe"] = nn.Dense(self.num_classes).init(k_probe, jnp.zeros((1, dim)))["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                       opt_state=self.tx.init(params), method_state=method_state, rng=k_state,
@@ -150,13 +149,19 @@ class Trainer:
 
   def _train_step(self, state: TrainState, batch: dict[str, jax.Array]):
     step = state.step
-    aug_rng, method_rng = jax.random.split(jax.random.fold_in(state.rng, step))
-    views = augment.augment_views(aug_rng, batch["images"], self.config.views,
-                                  self.info.mean, self.info.std, dtype=self.dtype)
+    step_key = jax.random.fold_in(state.rng, step)
+    aug_rng, method_rng = jax.random.split(step_key)
+    dropout_rng, drop_path_rng = jax.random.split(jax.random.fold_in(step_key, 1))
+    rngs = methods.base.StepRngs(augment=method_rng, dropout=dropout_rng,
+                                 drop_path=drop_path_rng)
+    method_batch = {
+        "views": augment.augment_views(aug_rng, batch["views"], self.view_groups,
+                                       self.info.mean, self.info.std, dtype=self.dtype),
+        "label": batch["label"], "index": batch["index"]}
 
     def loss_fn(params):
       loss, out = self.method.loss(params["model"], state.batch_stats, state.method_state,
-                                   views, method_rng, step)
+                                   method_batch, rngs, step)
       total, metrics = loss, {"loss": loss, **out.metrics}
       if self.num_classes:
         p_loss, p_metrics = probe_loss(params["probe"], jax.lax.stop_gradient(out.features),
@@ -198,20 +203,21 @@ class Trainer:
   def embedding_dim(self) -> int:
     """Size of the embeddings the method reports for monitoring (shape inference only)."""
     abstract = self.abstract_state()
-    size = self.config.data.image_size
     # The global batch: methods may split it (MoCo's BN groups).
-    views = tuple(jax.ShapeDtypeStruct((self.config.batch_size, size, size, 3), self.dtype)
-                  for _ in range(self.method.num_views))
+    n = self.config.batch_size
+    batch = {"views": {g.name: jax.ShapeDtypeStruct((n, g.num_crops, g.crop_size, g.crop_size, 3),
+                                                    self.dtype) for g in self.view_groups},
+             "label": jax.ShapeDtypeStruct((n,), jnp.int32),
+             "index": jax.ShapeDtypeStruct((n,), jnp.int32)}
+    key = jax.random.PRNGKey(0)
+    rngs = methods.base.StepRngs(augment=key, dropout=key, drop_path=key)
     _, out = jax.eval_shape(self.method.loss, abstract.params["model"], abstract.batch_stats,
-                            abstract.method_state, views, jax.random.PRNGKey(0), abstract.step)
+                            abstract.method_state, batch, rngs, abstract.step)
     return out.embeddings.shape[-1]
 
   # Evaluation of the encoder.
-  def embed_fn(self):
-    return knn.make_embed_fn(self.method.encoder, self.info.mean, self.info.std, self.dtype)
-
   def random_encoder_variables(self, seed: int):
-    return models.init_variables(self.method.encoder, seed + 1, self._dummy_images)
+    return models_init(self.method.encoder, seed + 1, self._eval_images)
 
   def evaluate_encoders(self, encoders: dict[str, PyTree]) -> dict[str, dict[str, float]]:
     """kNN and linear-probe accuracy on the test split for each named encoder.
@@ -220,26 +226,15 @@ class Trainer:
     augmentation) and shared by both protocols.
     """
     c = self.config.eval
-    local_batch = c.batch_size // jax.process_count()
-    embed = self.embed_fn()
     results = {}
     for name, variables in encoders.items():
-      variables = mesh_lib.replicate(variables, self.mesh)
-      fn = lambda images, v=variables: embed(v, images)
-      train_it = data.make_eval_iterator(self.config.data, "train", batch_size=local_batch,
-                                         max_examples=c.max_train_examples)
-      test_it = data.make_eval_iterator(self.config.data, "test", batch_size=local_batch)
-      train_x, train_y = knn.extract_features(fn, train_it, self.mesh)
-      test_x, test_y = knn.extract_features(fn, test_it, self.mesh)
-      results[name] = {}
-      if c.knn:
-        results[name]["knn"] = knn.knn_accuracy(
-            train_x, train_y, test_x, test_y, k=c.knn_k, temperature=c.knn_temperature,
-            num_classes=self.info.num_classes)
-      if c.linear:
-        results[name]["linear"] = linear_probe.linear_probe_accuracy(
-            train_x, train_y, test_x, test_y, num_classes=self.info.num_classes,
-            seed=self.config.seed)
+      extract = features_lib.FeatureExtractor(
+          self.method.encoder, variables, data_config=self.config.data, mean=self.info.mean,
+          std=self.info.std, mesh=self.mesh, dtype=self.dtype)
+      results[name] = features_lib.evaluate_frozen(
+          extract, num_classes=self.info.num_classes, batch_size=c.batch_size,
+          knn_k=c.knn_k if c.knn else None, knn_temperature=c.knn_temperature,
+          linear=c.linear, max_train_examples=c.max_train_examples, seed=self.config.seed)
     return results
 
 
@@ -311,7 +306,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.write_hparams(_flatten(config.to_dict()))
   progress = progress_lib.Progress(writer, total_steps=config.train_steps, start_step=start_step,
                                    global_batch_size=config.batch_size)
-  batches = data.make_pretrain_iterator(config.data, config.views,
+  batches = data.make_pretrain_iterator(config.data, trainer.view_groups,
                                         global_batch_size=config.batch_size, seed=config.seed,
                                         start_step=start_step)
   last_scalars = {}

@@ -13,18 +13,22 @@ PRESETS = ("mnist5k", "cifar10", "cifar100", "imagenet")
 
 
 def view(**overrides) -> ml_collections.ConfigDict:
-  """One augmented view: the crop/flip (host, tf.data) and photometric (device) parameters.
+  """One view group: its crops' number and size, crop/flip (host, tf.data) and photometric
+  (device) parameters (sslx/data/views.py checks them).
 
-  Defaults are BYOL's view 1 (Grill et al., 2020, Table 6 / Appendix B).
+  Defaults are BYOL's view 1 (Grill et al., 2020, Table 6 / Appendix B), one crop.
   """
   v = ml_collections.ConfigDict(dict(
+      num_crops=1,  # crops of each image in this group (multi-crop: e.g. 6 local crops)
+      # Side of the crops in pixels; None: data.image_size.
+      crop_size=ml_collections.config_dict.placeholder(int),
       # Random resized crop, done in tf.data on uint8 images.
       crop_area_min=0.08,
       crop_area_max=1.0,
       crop_aspect_min=3 / 4,
       crop_aspect_max=4 / 3,
       flip_prob=0.5,
-      # Photometric ops, done on device in JAX (sslx/augment.py).
+      # Photometric ops, done on device in JAX (sslx/data/augment.py).
       color_jitter_prob=0.8,
       brightness=0.4,
       contrast=0.4,
@@ -44,8 +48,8 @@ def view(**overrides) -> ml_collections.ConfigDict:
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.job = "pretrain"  # module under sslx/ with a run(config, workdir)
-  c.method = "byol"  # module under sslx/methods/
+  c.job = "pretrain"  # a job of sslx/jobs (sslx.jobs.JOBS)
+  c.method = "byol"  # a method of sslx/methods (sslx.methods.METHODS)
   c.seed = 0
   c.train_steps = 1000
   c.batch_size = 256  # global batch, over all devices and hosts
@@ -66,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
       prefetch=2,  # batches prefetched on host
   ))
 
+  # View groups, by name; the method declares which it needs (Method.view_groups).
   c.views = ml_collections.ConfigDict(dict(
       v1=view(),
       v2=view(blur_prob=0.1, solarize_prob=0.2),
@@ -123,18 +128,6 @@ def base_config() -> ml_collections.ConfigDict:
   # (RankMe) below `min_effective_rank`: signs of (dimensional) collapse.
   c.collapse = ml_collections.ConfigDict(dict(min_std_fraction=0.1, min_effective_rank=2.0))
 
-  # A NaN or infinite loss or gradient. 'stop': end the run naming the step
-  # and the quantity, saving nothing (the last good checkpoint stays the
-  # newest). 'skip': drop that update (weights, optimizer, BN statistics and
-  # method state stay as they were), count it in `skipped_updates`, and stop
-  # only when more than `max_skipped` have been dropped.
-  c.nonfinite = ml_collections.ConfigDict(dict(action="stop", max_skipped=100))
-
-  # Warn when the logged embedding_std falls below this fraction of
-  # 1/sqrt(dim) (its value for isotropic embeddings) or the effective rank
-  # (RankMe) below `min_effective_rank`: signs of (dimensional) collapse.
-  c.collapse = ml_collections.ConfigDict(dict(min_std_fraction=0.1, min_effective_rank=2.0))
-
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 3
@@ -149,7 +142,7 @@ def base_config() -> ml_collections.ConfigDict:
   # eval.batch_size. Ignored where XLA_FLAGS already sets a device count.
   c.cpu_devices = 0
   # CPU-only hosts: the library XLA runs convolutions with, 'eigen' (faster
-  # here, sslx.mesh.choose_cpu_conv_backend) or 'ynnpack' (jaxlib's default).
+  # here, sslx.core.mesh.choose_cpu_conv_backend) or 'ynnpack' (jaxlib's default).
   c.cpu_conv_backend = 'eigen'
   return c
 

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from sslx import errors
+from sslx.data import views
 
 # Op ids of the colour jitter; `order` arrays hold a permutation of these.
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
@@ -75,37 +76,15 @@ class ViewParams:
 
   @classmethod
   def from_config(cls, cfg: Any, name: str = "view") -> "ViewParams":
-    """Reads and checks the photometric fields of a view ConfigDict."""
-    values = {}
-    for field in dataclasses.fields(cls):
-      if field.name not in cfg:
-        raise errors.ConfigError(
-            f"views.{name} has no field {field.name!r}; build views with "
-            "sslx.config_defaults.view().")
-      values[field.name] = float(cfg[field.name])
-    p = cls(**values)
-    for prob in ("color_jitter_prob", "grayscale_prob", "blur_prob",
-                 "solarize_prob"):
-      if not 0.0 <= getattr(p, prob) <= 1.0:
-        raise errors.ConfigError(
-            f"views.{name}.{prob}={getattr(p, prob)} must be in [0, 1].")
-    for strength in ("brightness", "contrast", "saturation"):
-      if getattr(p, strength) < 0:
-        raise errors.ConfigError(
-            f"views.{name}.{strength}={getattr(p, strength)} must be >= 0.")
-    if not 0.0 <= p.hue <= 0.5:
-      raise errors.ConfigError(
-          f"views.{name}.hue={p.hue} must be in [0, 0.5] (a fraction of the "
-          "hue circle; 0.5 already reaches every hue).")
-    if p.blur_prob > 0 and not 0 < p.blur_sigma_min <= p.blur_sigma_max:
-      raise errors.ConfigError(
-          f"views.{name}: need 0 < blur_sigma_min <= blur_sigma_max, got "
-          f"{p.blur_sigma_min} and {p.blur_sigma_max}.")
-    if p.blur_prob > 0 and p.blur_kernel_fraction <= 0:
-      raise errors.ConfigError(
-          f"views.{name}.blur_kernel_fraction={p.blur_kernel_fraction} must "
-          "be > 0.")
-    return p
+    """Reads and checks the photometric fields of a view group ConfigDict."""
+    problems = views.group_problems({name: cfg})
+    if problems:
+      raise errors.ConfigError(" ".join(problems))
+    return cls(**{f.name: float(cfg[f.name]) for f in dataclasses.fields(cls)})
+
+  @classmethod
+  def from_group(cls, group: views.ViewGroup) -> "ViewParams":
+    return cls(**group.photometric)
 
 
 # ----------------------------------------------------------------------------
@@ -426,37 +405,47 @@ def normalize(images: jax.Array, mean: ArrayLike, std: ArrayLike,
   return ((images.astype(_COMPUTE_DTYPE) - mean) / std).astype(dtype)
 
 
-def augment_views(rng: jax.Array, images: jax.Array,
-                  views_config: ml_collections.ConfigDict, mean: ArrayLike,
-                  std: ArrayLike, dtype: Any = jnp.float32
-                  ) -> tuple[jax.Array, ...]:
-  """Turns the host's uint8 views into normalised, photometrically augmented
-  views.
+def augment_views(rng: jax.Array, crops: dict[str, jax.Array],
+                  groups: Union[ml_collections.ConfigDict, Sequence[views.ViewGroup]],
+                  mean: ArrayLike, std: ArrayLike, dtype: Any = jnp.float32
+                  ) -> dict[str, jax.Array]:
+  """Turns the host's uint8 crops into normalised, photometrically augmented views.
 
   Args:
-    rng: a JAX key, typically `fold_in(key, step)` so that a resumed run
+    rng: a JAX key, typically from `fold_in(key, step)` so that a resumed run
       repeats its augmentations.
-    images: uint8 [B, V, H, W, 3] from the host pipeline (floats in [0, 1] are
-      accepted too).
-    views_config: ConfigDict of views keyed v1, v2, ...; in `sorted()` key order
-      view i gets `images[:, i]` and key `fold_in(rng, i)`. (Plain sorting puts
-      'v10' before 'v2'; the host pipeline must order its views the same way.)
+    crops: {group name: uint8 [B, n, S, S, 3]} from the host pipeline (floats
+      in [0, 1] are accepted too); n and S may differ between groups.
+    groups: the view groups (sslx.data.views.ViewGroup, in crop-numbering
+      order), or the `config.views` ConfigDict (natural name order).
     mean: per-channel mean in [0, 1] units.
     std: per-channel standard deviation in [0, 1] units.
     dtype: output dtype (e.g. jnp.float32, jnp.bfloat16 or 'bfloat16').
 
   Returns:
-    A tuple of V arrays [B, H, W, 3] of `dtype`.
+    {group name: [B, n, S, S, 3] of `dtype`}. Crop number v (counting over
+    the groups in order) uses the key `fold_in(rng, v)`, so a group of one
+    crop is augmented exactly as a single view was.
   """
-  names = sorted(views_config.keys())
-  if images.ndim != 5 or images.shape[1] != len(names):
+  if not isinstance(groups, (list, tuple)):
+    some = next(iter(crops.values()), None)
+    size = some.shape[2] if some is not None and some.ndim == 5 else 1
+    groups = views.parse_groups(groups, image_size=size)
+  names = [g.name for g in groups]
+  if sorted(crops) != sorted(names):
     raise errors.ConfigError(
-        f"augment_views got images of shape {images.shape}; expected "
-        f"[B, {len(names)}, H, W, 3] for the views {names}.")
-  params = [ViewParams.from_config(views_config[n], n) for n in names]
-  outputs = []
-  for i, p in enumerate(params):
-    x = to_float01(images[:, i])
-    x = photometric(jax.random.fold_in(rng, i), x, p)
-    outputs.append(normalize(x, mean, std, dtype))
-  return tuple(outputs)
+        f"augment_views got crops of the groups {sorted(crops)}, but the view groups are "
+        f"{names}.")
+  out, first = {}, 0
+  for group in groups:
+    images = crops[group.name]
+    if images.ndim != 5 or images.shape[1] != group.num_crops:
+      raise errors.ConfigError(
+          f"augment_views got crops of shape {images.shape} for view group {group.name!r}; "
+          f"expected [B, {group.num_crops}, S, S, 3].")
+    p = ViewParams.from_group(group)
+    out[group.name] = jnp.stack(
+        [normalize(photometric(jax.random.fold_in(rng, first + j), images[:, j], p), mean, std,
+                   dtype) for j in range(group.num_crops)], axis=1)
+    first += group.num_crops
+  return out

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sslx.evaluation.metrics import top1_top5
+
 DEFAULT_L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
@@ -40,15 +42,6 @@ def fit_logistic_regression(x, y, l2, *, num_classes: int, iterations: int = 300
 
   params, _ = jax.lax.fori_loop(0, iterations, step, (params, opt.init(params)))
   return params
-
-
-def top1_top5(scores, labels, num_classes: int) -> dict[str, float]:
-  """Top-1 (and top-5 where there are more than 5 classes) accuracy of class scores [N, C]."""
-  ranked = np.argsort(-np.asarray(scores), axis=-1, kind="stable")
-  result = {"top1": float(np.mean(ranked[:, 0] == labels))}
-  if num_classes > 5:
-    result["top5"] = float(np.mean(np.any(ranked[:, :5] == labels[:, None], axis=1)))
-  return result
 
 
 def _accuracy(params, x, y, num_classes):

@@ -126,10 +126,10 @@ def check_batch_size(global_batch_size: int, num_devices: int) -> None:
         f"({num_devices}); use a multiple of {num_devices}, e.g. {nearest}.")
 
 
-def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Assembles each process's share of the batch into one global, sharded array."""
+def to_global(local_batch: Any, mesh: Mesh) -> Any:
+  """Assembles each process's share of the batch (a tree of arrays) into global, sharded arrays."""
   sharding = data_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+  return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, v), local_batch)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

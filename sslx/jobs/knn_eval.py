@@ -5,14 +5,14 @@
 
 Features of centre crops (inference-mode BatchNorm) of the labelled train
 subset form the memory bank; each test image is classified by weighted
-voting of its k most cosine-similar bank images (sslx/knn.py; Wu et al., 2018).
+voting of its k most cosine-similar bank images (sslx/evaluation/knn.py; Wu et al., 2018).
 """
 
 import ml_collections
 
 from sslx import errors
-from sslx import knn
-from sslx import transfer
+from sslx.evaluation import knn
+from sslx.evaluation import transfer
 
 
 def validate(config) -> None:
@@ -32,7 +32,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              "Use checkpoint=random for the untrained baseline.")
   s = transfer.setup(config, workdir, batch_sizes=(config.eval.batch_size,))
   backbone, info = s.backbone, s.info
-  extract = transfer.FeatureExtractor(backbone, info, s.data_config, s.mesh)
+  extract = transfer.feature_extractor(backbone, info, s.data_config, s.mesh)
   bank_x, bank_y = extract("train", batch_size=config.eval.batch_size, indices=s.subset)
   test_x, test_y = extract("test", batch_size=config.eval.batch_size)
   scores = knn.knn_accuracy(bank_x, bank_y, test_x, test_y, k=config.knn.k,

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslx import errors
-from sslx.knn import l2_normalize
+from sslx.evaluation.knn import l2_normalize
 
 
 class NonFiniteError(errors.SslxError):

@@ -14,7 +14,8 @@ they read only the encoder and the config of a pretraining checkpoint
                                       layer trained at the head's learning rate
                                       (supervised training from scratch)
 The architecture comes from the checkpoint; `config.model` fields left at None
-follow it, fields that are set must agree with it. For random/scratch, None
+follow it, fields that are set must agree with it (the backbone's
+`identity_fields`). For random/scratch, None
 fields (and `data.image_size`) come from `config.random_init_defaults`, the
 evaluation preset's usual architecture.
 """
@@ -32,22 +33,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sslx import checkpointing
 from sslx import data
 from sslx import errors
-from sslx import knn
-from sslx import mesh as mesh_lib
 from sslx import models
+from sslx.core import checkpointing
+from sslx.core import mesh as mesh_lib
+from sslx.evaluation import features as features_lib
 
 PyTree = Any
 RANDOM, SCRATCH = "random", "scratch"
-MODEL_FIELDS = ("name", "width", "stem", "zero_init_residual")
 
 
 @dataclasses.dataclass
-class Backbone:
+class LoadedEncoder:
   """The encoder under evaluation and where it came from."""
-  model_config: ml_collections.ConfigDict  # the architecture (MODEL_FIELDS)
+  model_config: ml_collections.ConfigDict  # the architecture (the backbone's identity fields)
   variables: PyTree  # {'params', 'batch_stats'}, on the local device
   source: dict[str, Any]  # checkpoint path, step, method, pretraining data
 
@@ -75,21 +75,29 @@ def _model_from(config, checkpoint_model: dict | None) -> ml_collections.ConfigD
   """The architecture: the checkpoint's (or the default), checked against set config fields."""
   base = dict(config.random_init_defaults.model.to_dict() if checkpoint_model is None
               else checkpoint_model)
-  base.setdefault("zero_init_residual", False)
-  asked = {k: config.model.get(k) for k in MODEL_FIELDS if config.model.get(k) is not None}
+  asked = {k: v for k, v in config.model.items() if v is not None}
+  name = asked.get("name", base.get("name"))
+  models.BACKBONES.check(name)
+  fields = models.BACKBONES.get(name).identity_fields
+  unknown = sorted(set(asked) - set(fields))
+  if unknown:
+    raise errors.ConfigError(f"config.model.{unknown[0]} is not a field of {name}; its fields "
+                             f"are {', '.join(fields)}.")
+  # Identity fields a checkpoint predates take the backbone's default.
+  identity = dict(models.get_backbone(ml_collections.ConfigDict(base)).identity())
   if checkpoint_model is not None:
-    differs = {k: v for k, v in asked.items() if base.get(k) != v}
+    differs = {k: v for k, v in asked.items() if identity.get(k) != v}
     if differs:
-      got = ", ".join(f"{k}={base.get(k)!r}" for k in differs)
+      got = ", ".join(f"{k}={identity.get(k)!r}" for k in differs)
       want = ", ".join(f"model.{k}={v!r}" for k, v in differs.items())
       raise errors.CheckpointError(
           f"The checkpoint {config.checkpoint} holds a different architecture ({got}) than the "
           f"config asks for ({want}). Leave config.model unset to use the checkpoint's.")
-  base.update(asked)
-  return ml_collections.ConfigDict({k: base[k] for k in MODEL_FIELDS})
+  identity.update(asked)
+  return ml_collections.ConfigDict(identity)
 
 
-def load_backbone(config) -> Backbone:
+def load_backbone(config) -> LoadedEncoder:
   """The encoder named by `config.checkpoint`, with its architecture and provenance."""
   workdir, step = parse_checkpoint(config.checkpoint, config.get("checkpoint_step"))
   if workdir in (RANDOM, SCRATCH):
@@ -97,36 +105,37 @@ def load_backbone(config) -> Backbone:
     encoder = models.create_encoder(model_config)
     size = config.data.image_size or config.random_init_defaults.image_size
     variables = models.init_variables(encoder, config.seed + 1, jnp.zeros((1, size, size, 3)))
-    return Backbone(model_config, variables, dict(
+    return LoadedEncoder(model_config, variables, dict(
         checkpoint=workdir, step=None, method=None, pretrain_dataset=None,
         pretrain_image_size=None))
   variables, pretrain_config, step = checkpointing.load_encoder(workdir, step)
   model_config = _model_from(config, pretrain_config["model"])
-  _check_shapes(model_config, variables, f"{workdir}/checkpoints/{step}")
-  return Backbone(model_config, variables, dict(
+  _check_shapes(model_config, variables, f"{workdir}/checkpoints/{step}",
+                pretrain_config["data"]["image_size"])
+  return LoadedEncoder(model_config, variables, dict(
       checkpoint=f"{checkpointing.checkpoint_dir(workdir)}/{step}", step=step,
       method=pretrain_config.get("method"),
       pretrain_dataset=pretrain_config["data"]["dataset"],
       pretrain_image_size=pretrain_config["data"]["image_size"]))
 
 
-def _check_shapes(model_config, variables, where: str) -> None:
+def _check_shapes(model_config, variables, where: str, image_size: int) -> None:
   """The restored tree must be exactly what the architecture's init would build."""
   encoder = models.create_encoder(model_config)
-  expected = jax.eval_shape(lambda: encoder.init(jax.random.PRNGKey(0),
-                                                 jnp.zeros((1, 32, 32, 3)), train=False))
+  expected = jax.eval_shape(lambda: encoder.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3)), train=False))
   shape_of = lambda tree: {"/".join(str(getattr(k, "key", k)) for k in path): tuple(v.shape)
                            for path, v in jax.tree_util.tree_leaves_with_path(tree)}
   want, got = shape_of(dict(expected)), shape_of(variables)
   if want != got:
     diff = sorted(set(want.items()) ^ set(got.items()))[:4]
+    described = ", ".join(f"{k} {v}" for k, v in model_config.items())
     raise errors.CheckpointError(
-        f"The encoder in {where} does not match its recorded architecture "
-        f"({model_config.name}, width {model_config.width}, stem {model_config.stem}); first "
-        f"differences (path, shape): {diff}. The checkpoint may be corrupt.")
+        f"The encoder in {where} does not match its recorded architecture ({described}); "
+        f"first differences (path, shape): {diff}. The checkpoint may be corrupt.")
 
 
-def resolve_data_config(config, backbone: Backbone) -> ml_collections.ConfigDict:
+def resolve_data_config(config, backbone: LoadedEncoder) -> ml_collections.ConfigDict:
   """`config.data` with the image size filled in: by default the pretraining size.
 
   Images of another size are resized (shorter side, then centre crop) to
@@ -148,7 +157,7 @@ def resolve_data_config(config, backbone: Backbone) -> ml_collections.ConfigDict
 class Setup:
   """What every evaluator starts from."""
   mesh: Any
-  backbone: Backbone
+  backbone: LoadedEncoder
   data_config: ml_collections.ConfigDict
   info: data.DatasetInfo
   subset: np.ndarray | None  # indices of the labelled train subset; None: all of it
@@ -185,25 +194,15 @@ def setup(config, workdir: str, *, batch_sizes, need_labels: bool = False) -> Se
   return Setup(mesh, backbone, data_config, info, subset, labels)
 
 
-class FeatureExtractor:
-  """Frozen-encoder features (inference-mode BN, centre crops) for whole splits."""
-
-  def __init__(self, backbone: Backbone, info: data.DatasetInfo, data_config, mesh,
-               dtype=jnp.float32):
-    self.encoder = models.create_encoder(backbone.model_config, dtype=dtype)
-    self.variables = mesh_lib.replicate(backbone.variables, mesh)
-    self.data_config, self.info, self.mesh = data_config, info, mesh
-    self._embed = knn.make_embed_fn(self.encoder, info.mean, info.std, dtype)
-
-  def __call__(self, split: str, *, batch_size: int, indices=None, max_examples=None):
-    """(features [N, D] float32, labels [N]) of `split` ('train' or 'test')."""
-    it = data.make_eval_iterator(self.data_config, split,
-                                 batch_size=batch_size // jax.process_count(),
-                                 indices=indices, max_examples=max_examples)
-    return knn.extract_features(lambda x: self._embed(self.variables, x), it, self.mesh)
+def feature_extractor(loaded: LoadedEncoder, info: data.DatasetInfo, data_config, mesh,
+                      dtype=jnp.float32) -> features_lib.FeatureExtractor:
+  """Frozen-encoder features (inference-mode BN, centre crops) of the loaded encoder."""
+  return features_lib.FeatureExtractor(
+      models.create_encoder(loaded.model_config, dtype=dtype), loaded.variables,
+      data_config=data_config, mean=info.mean, std=info.std, mesh=mesh, dtype=dtype)
 
 
-def describe(config, backbone: Backbone, info: data.DatasetInfo, num_labelled: int) -> dict:
+def describe(config, backbone: LoadedEncoder, info: data.DatasetInfo, num_labelled: int) -> dict:
   """The provenance fields every eval_results.json carries."""
   return dict(
       checkpoint=backbone.source["checkpoint"], step=backbone.source["step"],
@@ -215,7 +214,7 @@ def describe(config, backbone: Backbone, info: data.DatasetInfo, num_labelled: i
       seed=config.seed)
 
 
-def check_workdir(workdir: str, backbone: Backbone) -> None:
+def check_workdir(workdir: str, backbone: LoadedEncoder) -> None:
   """The evaluator writes beside, never into, the pretraining run, and can write there."""
   ckpt = backbone.source["checkpoint"]
   if ckpt not in (RANDOM, SCRATCH):

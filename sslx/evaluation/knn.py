@@ -12,15 +12,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
-from sslx import augment
-from sslx import mesh as mesh_lib
-
-
-def l2_normalize(x, axis=-1):
-  x = x.astype(jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+from sslx.core.numerics import l2_normalize
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes"))
@@ -54,30 +47,3 @@ def knn_accuracy(train_features: np.ndarray, train_labels: np.ndarray,
   if num_classes > 5:
     result["top5"] = top5 / len(test_features)
   return result
-
-
-def make_embed_fn(encoder, mean, std, dtype=jnp.float32):
-  """jit(variables, uint8 images) -> features: normalise, then the encoder in inference mode."""
-  @jax.jit
-  def embed(variables, images):
-    x = augment.normalize(augment.to_float01(images), mean, std, dtype)
-    return encoder.apply(variables, x, train=False)
-  return embed
-
-
-def extract_features(embed_fn, batches, mesh) -> tuple[np.ndarray, np.ndarray]:
-  """Runs `embed_fn(images) -> features` over eval batches on the mesh.
-
-  `batches` yields per-process dicts with 'image', 'label' and 'mask'; padded
-  rows (mask False) are dropped. Every process gets all features back.
-  """
-  features, labels = [], []
-  for batch in batches:
-    global_batch = mesh_lib.to_global(batch, mesh)
-    out = embed_fn(global_batch["image"])
-    gathered = multihost_utils.process_allgather(
-        {"f": out, "y": global_batch["label"], "m": global_batch["mask"]}, tiled=True)
-    mask = np.asarray(gathered["m"], bool)
-    features.append(np.asarray(gathered["f"], np.float32)[mask])
-    labels.append(np.asarray(gathered["y"])[mask])
-  return np.concatenate(features), np.concatenate(labels)

@@ -23,8 +23,6 @@ are what the test split is evaluated with.
 """
 
 from absl import logging
-from clu import metric_writers
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -32,23 +30,30 @@ import ml_collections
 import numpy as np
 import optax
 
-from sslx import augment
 from sslx import data
 from sslx import errors
-from sslx import linear_probe
-from sslx import mesh as mesh_lib
 from sslx import models
-from sslx import optim
-from sslx import transfer
+from sslx.core import mesh as mesh_lib
+from sslx.core import optim
+from sslx.core import supervised_loop
+from sslx.data import augment
+from sslx.evaluation import features as features_lib
+from sslx.evaluation import metrics as metrics_lib
+from sslx.evaluation import transfer
 
 HEAD_ONLY = "head"
-TRAIN_FROM = (*models.LAYER_GROUPS, HEAD_ONLY)
+
+
+def train_from_choices(backbone: models.Backbone) -> tuple[str, ...]:
+  """Valid `finetune.train_from` values: the backbone's layer groups, then 'head'."""
+  return (*backbone.layer_groups, HEAD_ONLY)
 
 
 def validate(config) -> None:
   c, problems = config.finetune, []
-  if c.train_from not in TRAIN_FROM:
-    problems.append(f"config.finetune.train_from={c.train_from!r}; valid: {', '.join(TRAIN_FROM)}.")
+  if not isinstance(c.train_from, str) or not c.train_from:
+    problems.append(f"config.finetune.train_from={c.train_from!r}; name a layer group of the "
+                    f"encoder (ResNet: stem, stage1..stage4) or {HEAD_ONLY!r}.")
   if not c.epochs > 0:
     problems.append(f"config.finetune.epochs={c.epochs}; it must be > 0.")
   if not c.base_learning_rate > 0:
@@ -61,23 +66,20 @@ def validate(config) -> None:
     raise errors.ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
 
 
-def layer_group(module_name: str) -> str:
-  """'stem_conv' -> 'stem', 'stage3_block1' -> 'stage3'."""
-  return "stem" if module_name.startswith("stem") else module_name.split("_")[0]
-
-
-def param_labels(params, frozen_groups: int):
+def param_labels(params, frozen_groups: int, backbone: models.Backbone):
   """'head', 'encoder' or 'frozen' for every parameter leaf (optax.multi_transform labels)."""
   def label(path, _):
     if path[0].key == "head":
       return "head"
-    group = models.LAYER_GROUPS.index(layer_group(path[1].key))
+    keys = [str(getattr(k, "key", k)) for k in path[1:]]
+    group = backbone.layer_groups.index(backbone.layer_group(keys))
     return "frozen" if group < frozen_groups else "encoder"
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def create_optimizer(params, *, frozen_groups: int, peak_lr: float, backbone_lr_ratio: float,
-                     weight_decay: float, momentum: float, warmup_steps: int, train_steps: int):
+def create_optimizer(params, *, backbone: models.Backbone, frozen_groups: int, peak_lr: float,
+                     backbone_lr_ratio: float, weight_decay: float, momentum: float,
+                     warmup_steps: int, train_steps: int):
   """SGD + Nesterov for the head and the trained encoder layers; frozen layers never change."""
   def sgd(scale):
     schedule = optim.warmup_cosine_schedule(peak_lr * scale, warmup_steps=warmup_steps,
@@ -87,7 +89,7 @@ def create_optimizer(params, *, frozen_groups: int, peak_lr: float, backbone_lr_
                        optax.sgd(schedule, momentum=momentum, nesterov=True))
   return optax.multi_transform(
       {"head": sgd(1.0), "encoder": sgd(backbone_lr_ratio), "frozen": optax.set_to_zero()},
-      param_labels(params, frozen_groups))
+      param_labels(params, frozen_groups, backbone))
 
 
 class ClassifierHead(nn.Module):
@@ -107,25 +109,21 @@ class ClassifierHead(nn.Module):
     return nn.Dense(self.num_classes, name="out")(x)
 
 
-@flax.struct.dataclass
-class State:
-  step: jax.Array
-  params: dict
-  batch_stats: dict  # {'encoder': ..., 'head': ...}
-  opt_state: optax.OptState
+State = supervised_loop.SupervisedState
 
 
-def make_train_step(encoder, head, tx, mean, std, dtype):
-  """(State, uint8 images [B, 1, S, S, 3], labels [B]) -> (State, metrics); cross-entropy."""
-  def train_step(state, images, labels):
+def make_train_step(encoder, head, tx, mean, std, dtype, nonfinite_action: str = "stop"):
+  """(State, batch {'views': {'v1': uint8 [B, 1, S, S, 3]}, 'label'}) -> (State, metrics)."""
+  def train_step(state, batch):
+    images, labels = batch["views"]["v1"], batch["label"]
     x = augment.normalize(augment.to_float01(images[:, 0]), mean, std, dtype)
 
     def loss_fn(params):
-      features, enc_updates = encoder.apply(
+      out, enc_updates = encoder.apply(
           {"params": params["encoder"], "batch_stats": state.batch_stats["encoder"]}, x,
           train=True, mutable=["batch_stats"])
       logits, head_updates = head.apply(
-          {"params": params["head"], "batch_stats": state.batch_stats["head"]}, features,
+          {"params": params["head"], "batch_stats": state.batch_stats["head"]}, out.pooled,
           train=True, mutable=["batch_stats"])
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       batch_stats = {"encoder": enc_updates["batch_stats"], "head": head_updates["batch_stats"]}
@@ -134,9 +132,11 @@ def make_train_step(encoder, head, tx, mean, std, dtype):
     (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new = State(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                batch_stats=batch_stats, opt_state=opt_state)
-    return new, {"loss": loss, "train_accuracy": accuracy}
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        batch_stats=batch_stats, opt_state=opt_state)
+    new, flags = supervised_loop.guard(state, new, loss, grads, nonfinite_action)
+    return new, {"loss": loss, "train_accuracy": accuracy,
+                 "grad_norm": optax.global_norm(grads), **flags}
   return train_step
 
 
@@ -145,70 +145,73 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   c = config.finetune
   s = transfer.setup(config, workdir, batch_sizes=(config.batch_size, config.eval.batch_size),
                      need_labels=True)
-  mesh, backbone, data_config, info, subset = s.mesh, s.backbone, s.data_config, s.info, s.subset
+  mesh, loaded, data_config, info, subset = s.mesh, s.backbone, s.data_config, s.info, s.subset
+  backbone = models.get_backbone(loaded.model_config)
+  choices = train_from_choices(backbone)
+  if c.train_from not in choices:
+    raise errors.ConfigError(f"config.finetune.train_from={c.train_from!r}; valid for "
+                             f"{loaded.model_config.name}: {', '.join(choices)}.")
   num_labelled = s.num_labelled
-  scratch = backbone.source["checkpoint"] == transfer.SCRATCH
+  scratch = loaded.source["checkpoint"] == transfer.SCRATCH
 
   # From scratch every layer trains at the head's rate; otherwise as configured.
-  frozen = 0 if scratch else TRAIN_FROM.index(c.train_from)
+  frozen = 0 if scratch else choices.index(c.train_from)
   ratio = 1.0 if scratch else c.backbone_lr_ratio
   dtype = jnp.dtype(config.dtype)
-  encoder = models.create_encoder(backbone.model_config, dtype=dtype, frozen_groups=frozen)
+  encoder = backbone.module(dtype, frozen_groups=frozen)
   head = ClassifierHead(info.num_classes)
-  dim = models.feature_dim(backbone.model_config)
-  params = {"encoder": backbone.variables["params"],
-            "head": None}
-  head_variables = head.init(jax.random.PRNGKey(config.seed), jnp.zeros((1, dim)), train=False)
-  params["head"] = head_variables["params"]
+  head_variables = head.init(jax.random.PRNGKey(config.seed),
+                             jnp.zeros((1, backbone.feature_dim)), train=False)
+  params = {"encoder": loaded.variables["params"], "head": head_variables["params"]}
   steps = max(1, int(round(c.epochs * num_labelled / config.batch_size)))
   steps_per_epoch = num_labelled / config.batch_size
-  tx = create_optimizer(params, frozen_groups=frozen,
+  warmup, note = optim.fit_warmup(
+      optim.configured_warmup_steps(c.warmup_epochs, steps_per_epoch), steps,
+      f"config.finetune.warmup_epochs={c.warmup_epochs}")
+  if note:
+    logging.warning("%s", note)
+  tx = create_optimizer(params, backbone=backbone, frozen_groups=frozen,
                         peak_lr=c.base_learning_rate * config.batch_size / 256,
                         backbone_lr_ratio=ratio, weight_decay=c.weight_decay,
-                        momentum=c.momentum, warmup_steps=int(round(c.warmup_epochs * steps_per_epoch)),
-                        train_steps=steps)
-  state = mesh_lib.replicate(State(step=jnp.zeros((), jnp.int32), params=params,
-                                   batch_stats={"encoder": backbone.variables["batch_stats"],
-                                                "head": head_variables["batch_stats"]},
-                                   opt_state=tx.init(params)), mesh)
+                        momentum=c.momentum, warmup_steps=warmup, train_steps=steps)
+  state = mesh_lib.replicate(State.create(
+      params, {"encoder": loaded.variables["batch_stats"],
+               "head": head_variables["batch_stats"]}, tx.init(params)), mesh)
   logging.info("fine-tuning %s (%s) on %s: %d labelled images, %d steps of %d, layers from %s "
-               "trained, encoder lr x%g", backbone.model_config.name,
-               backbone.source["checkpoint"], info.name, num_labelled, steps, config.batch_size,
-               TRAIN_FROM[frozen], ratio)
+               "trained, encoder lr x%g", loaded.model_config.name,
+               loaded.source["checkpoint"], info.name, num_labelled, steps, config.batch_size,
+               choices[frozen], ratio)
 
-  train_step = jax.jit(make_train_step(encoder, head, tx, info.mean, info.std, dtype))
+  train_step = jax.jit(make_train_step(encoder, head, tx, info.mean, info.std, dtype,
+                                       config.nonfinite.action), donate_argnums=0)
+  view_config = ml_collections.ConfigDict({"v1": c.view})
 
-  batches = data.make_pretrain_iterator(
-      data_config, ml_collections.ConfigDict({"v1": c.view}), global_batch_size=config.batch_size,
-      seed=config.seed, split=info.train_split, indices=subset)
-  # Training curves to TensorBoard (process 0), beside the final eval scalars.
-  writer = (metric_writers.SummaryWriter(workdir) if jax.process_index() == 0
-            else metric_writers.MultiWriter([]))
-  for i in range(steps):
-    batch = mesh_lib.to_global(next(batches), mesh)
-    state, metrics = train_step(state, batch["images"], batch["label"])
-    if (i + 1) % config.log_every_steps == 0 or i + 1 == steps:
-      m = {f"finetune/{k}": float(v) for k, v in jax.device_get(metrics).items()}
-      writer.write_scalars(i + 1, m)
-      logging.info("fine-tune step %d/%d | loss %.4g | train accuracy %.3f", i + 1, steps,
-                   m["finetune/loss"], m["finetune/train_accuracy"])
-  writer.flush()
+  def batches_from(start_step):
+    return data.make_pretrain_iterator(
+        data_config, view_config, global_batch_size=config.batch_size, seed=config.seed,
+        split=info.train_split, indices=subset, start_step=start_step)
+
+  identity = dict(supervised_loop.describe_for_resume(config, "finetune"),
+                  encoder=loaded.source["checkpoint"], encoder_step=loaded.source["step"])
+  loop = supervised_loop.Loop(name="fine-tune", workdir=workdir, config=config, mesh=mesh,
+                              num_steps=steps, identity=identity, metric_prefix="finetune")
+  state, last = loop.run(state, train_step, batches_from)
 
   # Test: the fine-tuned encoder in inference mode, then the head.
   state = jax.device_get(state)
-  tuned = transfer.Backbone(backbone.model_config, {"params": state.params["encoder"],
-                                                    "batch_stats": state.batch_stats["encoder"]},
-                            backbone.source)
-  extract = transfer.FeatureExtractor(tuned, info, data_config, mesh, dtype=dtype)
+  extract = features_lib.FeatureExtractor(
+      backbone.module(dtype), {"params": state.params["encoder"],
+                               "batch_stats": state.batch_stats["encoder"]},
+      data_config=data_config, mean=info.mean, std=info.std, mesh=mesh, dtype=dtype)
   test_x, test_y = extract("test", batch_size=config.eval.batch_size)
   logits = np.asarray(head.apply({"params": state.params["head"],
                                   "batch_stats": state.batch_stats["head"]},
                                  jnp.asarray(test_x), train=False))
-  scores = linear_probe.top1_top5(logits, test_y, info.num_classes)
+  scores = metrics_lib.top1_top5(logits, test_y, info.num_classes)
   results = dict(protocol="finetune", **scores,
-                 **transfer.describe(config, backbone, info, num_labelled),
-                 train_from=TRAIN_FROM[frozen], backbone_lr_ratio=ratio, train_steps=steps,
-                 final_train_loss=float(metrics["loss"]))
+                 **transfer.describe(config, loaded, info, num_labelled),
+                 train_from=choices[frozen], backbone_lr_ratio=ratio, train_steps=steps,
+                 final_train_loss=last.get("loss"))
   transfer.write_results(workdir, results, transfer.summary_line(
       "fine-tune" if not scratch else "supervised from scratch", results))
   return results

@@ -1,0 +1,84 @@
+"""Frozen-encoder features of whole splits: the one extractor for pretraining and the jobs.
+
+Centre crops (`make_eval_iterator`), normalised with the dataset's statistics,
+through the encoder in inference mode (running BatchNorm statistics), sharded
+over the mesh; padded rows are dropped and every process gets all features.
+`evaluate_frozen` runs the two frozen-feature protocols (kNN and the L-BFGS
+linear probe) on the same features, as pretraining's final and periodic
+evaluations do.
+"""
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from sslx import data
+from sslx.core import mesh as mesh_lib
+from sslx.data import augment
+from sslx.evaluation import knn
+from sslx.evaluation import linear_probe
+
+PyTree = Any
+
+
+def make_embed_fn(encoder, mean, std, dtype="float32"):
+  """jit(variables, uint8 images) -> pooled features: normalise, then the encoder in inference mode."""
+  @jax.jit
+  def embed(variables, images):
+    x = augment.normalize(augment.to_float01(images), mean, std, dtype)
+    return encoder.apply(variables, x, train=False).pooled
+  return embed
+
+
+def extract_features(embed_fn: Callable[[jax.Array], jax.Array], batches,
+                     mesh) -> tuple[np.ndarray, np.ndarray]:
+  """Runs `embed_fn(images) -> features` over eval batches on the mesh.
+
+  `batches` yields per-process dicts with 'image', 'label' and 'mask'; padded
+  rows (mask False) are dropped. Every process gets all features back.
+  """
+  features, labels = [], []
+  for batch in batches:
+    global_batch = mesh_lib.to_global(batch, mesh)
+    out = embed_fn(global_batch["image"])
+    gathered = multihost_utils.process_allgather(
+        {"f": out, "y": global_batch["label"], "m": global_batch["mask"]}, tiled=True)
+    mask = np.asarray(gathered["m"], bool)
+    features.append(np.asarray(gathered["f"], np.float32)[mask])
+    labels.append(np.asarray(gathered["y"])[mask])
+  return np.concatenate(features), np.concatenate(labels)
+
+
+class FeatureExtractor:
+  """Features of an encoder (module + variables) for whole splits of one dataset."""
+
+  def __init__(self, encoder, variables: PyTree, *, data_config, mean, std, mesh,
+               dtype="float32"):
+    self.encoder, self.data_config, self.mesh = encoder, data_config, mesh
+    self.variables = mesh_lib.replicate(variables, mesh)
+    self._embed = make_embed_fn(encoder, mean, std, dtype)
+
+  def __call__(self, split: str, *, batch_size: int, indices=None, max_examples=None):
+    """(features [N, D] float32, labels [N]) of `split` ('train' or 'test'); global batch size."""
+    it = data.make_eval_iterator(self.data_config, split,
+                                 batch_size=batch_size // jax.process_count(),
+                                 indices=indices, max_examples=max_examples)
+    return extract_features(lambda x: self._embed(self.variables, x), it, self.mesh)
+
+
+def evaluate_frozen(extract: FeatureExtractor, *, num_classes: int, batch_size: int,
+                    knn_k: int | None, knn_temperature: float = 0.1, linear: bool = True,
+                    max_train_examples: int | None = None, seed: int = 0) -> dict[str, dict]:
+  """kNN (when knn_k is set) and linear-probe top-1/top-5 on the test split, same features."""
+  train_x, train_y = extract("train", batch_size=batch_size, max_examples=max_train_examples)
+  test_x, test_y = extract("test", batch_size=batch_size)
+  results = {}
+  if knn_k:
+    results["knn"] = knn.knn_accuracy(train_x, train_y, test_x, test_y, k=knn_k,
+                                      temperature=knn_temperature, num_classes=num_classes)
+  if linear:
+    results["linear"] = linear_probe.linear_probe_accuracy(
+        train_x, train_y, test_x, test_y, num_classes=num_classes, seed=seed)
+  return results

@@ -1,0 +1,20 @@
+"""Jobs: what `main.py` runs, chosen by `config.job`; each is a module with `run(config, workdir)`.
+
+  pretrain     self-supervised pretraining with any method (the generic trainer)
+  knn_eval     weighted kNN on frozen features of a checkpoint's encoder
+  linear_eval  linear probe on frozen features (L-BFGS, or SGD on augmented crops)
+  finetune     supervised fine-tuning of the encoder (few labels, frozen stages, scratch)
+
+A new job is a new module here plus one line below. Where a job's loop really
+differs from these (segmentation, domain adaptation), fork the nearest one
+rather than adding hooks to it.
+"""
+
+from sslx.registry import Registry
+
+JOBS = Registry("job", "config.job", {
+    "pretrain": "sslx.jobs.pretrain:run",
+    "knn_eval": "sslx.jobs.knn_eval:run",
+    "linear_eval": "sslx.jobs.linear_eval:run",
+    "finetune": "sslx.jobs.finetune:run",
+})
