@@ -72,9 +72,10 @@ def base_transfer_config(job: str, preset: str, config_file: str) -> ml_collecti
 
   c.finetune = ml_collections.ConfigDict(dict(
       # Train this layer group and the ones after it; earlier groups are
-      # frozen (no updates, BatchNorm statistics kept). 'stem' trains the whole
-      # encoder, 'head' only the new linear head.
-      train_from="stem",
+      # frozen (no updates, BatchNorm statistics kept). None trains the whole
+      # encoder (ResNet: as 'stem'), 'head' only the new linear head; the
+      # groups are the backbone's (ResNet: stem, stage1, ..., stage4).
+      train_from=placeholder(str),
       epochs=30.0,  # over the labelled subset; SimCLR: 60 for 1%, 30 for 10% labels
       base_learning_rate=0.05,  # the head's, x batch/256 (SimCLR Appendix B.5)
       backbone_lr_ratio=0.1,  # encoder learning rate = ratio x the head's

@@ -1,8 +1,9 @@
 """On-device photometric augmentations for self-supervised pretraining.
 
 The host tf.data pipeline decodes, random-resized-crops and flips; it delivers
-`uint8[B, V, H, W, 3]` (V views of each image). Inside the jitted train step,
-`augment_views` turns that batch into V normalised float views. Colour ops run
+`{group: uint8[B, n, S, S, 3]}` (the crops of each view group, sslx/data/views.py).
+Inside the jitted train step, `augment_views` turns them into normalised float
+views, each group with its own parameters. Colour ops run
 here rather than on the host because host CPUs are the bottleneck on
 accelerators, and because a JAX key (`fold_in(key, step)`) then drives all the
 randomness, so a resumed run reproduces the same augmentations.
@@ -28,7 +29,8 @@ Each op is computed for every image and chosen with `jnp.where`, so an image
 whose coin says "no" keeps bit-identical values. Probabilities are static
 (config), so an op with probability 0 is left out of the trace entirely.
 
-Randomness: view i uses `fold_in(rng, i)`; image b of a view uses row b of
+Randomness: crop v (numbered over all groups in order) uses `fold_in(rng, v)`;
+image b of a crop uses row b of
 `uniform(view_key, (B, 13))`. Both are defined by the key and the index alone,
 not by how the batch is sharded, so results do not depend on the device count.
 """

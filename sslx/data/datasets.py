@@ -20,6 +20,7 @@ into RGB so that every encoder takes RGB and transfers across datasets.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import os
 from typing import Any, Callable
@@ -306,9 +307,14 @@ def _parse_name(name: Any) -> tuple[str, str]:
       if name.startswith(prefix + ":") and len(name) > len(prefix) + 1:
         return prefix, os.path.expanduser(name[len(prefix) + 1:])
   raise ConfigError(
-      f"Unknown dataset {name!r} (config.data.dataset). Valid names: "
+      f"Unknown dataset {name!r} (config.data.dataset){_did_you_mean(name)} Valid names: "
       f"{', '.join(VALID_NAMES)}. 'mnist5k' is embedded (no download); the "
       "TFDS names must be prepared in config.data.data_dir or downloadable.")
+
+
+def _did_you_mean(name: Any) -> str:
+  close = difflib.get_close_matches(str(name), list(_TFDS_SPECS), n=2, cutoff=0.6)
+  return f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
 
 
 # ------------------------------------------------------------------ TFDS ----

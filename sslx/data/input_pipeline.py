@@ -1,9 +1,12 @@
 """One tf.data pipeline for every dataset: pretraining views and evaluation.
 
-Pretraining (`make_pretrain_iterator`) yields, forever, batches of
-`images` uint8 [local_batch, V, S, S, 3] (V views of each image: random resized
-crop + horizontal flip, done here on the host) and `label` int32 [local_batch]
-(-1 when unlabelled). Photometric augmentation runs on device elsewhere.
+Pretraining (`make_pretrain_iterator`) yields, forever, batches of `views`
+{group: uint8 [local_batch, n, S, S, 3]} (each view group's n crops of each
+image at its own size S: random resized crop + horizontal flip, done here on
+the host), `label` int32 [local_batch] (-1 when unlabelled) and `index` int32
+[local_batch] (the example's id in the split). Photometric augmentation runs
+on device elsewhere. The V crops of an image are numbered over the groups in
+order (sslx/data/views.py).
 
 The stream is a pure function of the seed. Example number i of this process's
 stream (counting from 0 over all epochs) is example j = i mod N of epoch

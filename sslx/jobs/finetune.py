@@ -20,6 +20,12 @@ rate: the supervised baseline on the same labels.
 BatchNorm of the trained layers uses the global batch's statistics (the step
 is jitted over the device mesh like pretraining), and its running averages
 are what the test split is evaluated with.
+
+The run is on the supervised loop (sslx/core/supervised_loop.py): checkpoints
+in WORKDIR/checkpoints, resumed by a rerun, SIGTERM -> save and exit 75, a
+non-finite step stops it before it is saved. Layer groups come from the
+backbone (`Backbone.layer_groups`), so `train_from` takes whatever groups the
+encoder declares.
 """
 
 from absl import logging
@@ -51,7 +57,7 @@ def train_from_choices(backbone: models.Backbone) -> tuple[str, ...]:
 
 def validate(config) -> None:
   c, problems = config.finetune, []
-  if not isinstance(c.train_from, str) or not c.train_from:
+  if c.train_from is not None and (not isinstance(c.train_from, str) or not c.train_from):
     problems.append(f"config.finetune.train_from={c.train_from!r}; name a layer group of the "
                     f"encoder (ResNet: stem, stage1..stage4) or {HEAD_ONLY!r}.")
   if not c.epochs > 0:
@@ -148,14 +154,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh, loaded, data_config, info, subset = s.mesh, s.backbone, s.data_config, s.info, s.subset
   backbone = models.get_backbone(loaded.model_config)
   choices = train_from_choices(backbone)
-  if c.train_from not in choices:
+  if c.train_from is not None and c.train_from not in choices:
     raise errors.ConfigError(f"config.finetune.train_from={c.train_from!r}; valid for "
                              f"{loaded.model_config.name}: {', '.join(choices)}.")
   num_labelled = s.num_labelled
   scratch = loaded.source["checkpoint"] == transfer.SCRATCH
 
   # From scratch every layer trains at the head's rate; otherwise as configured.
-  frozen = 0 if scratch else choices.index(c.train_from)
+  frozen = 0 if scratch or c.train_from is None else choices.index(c.train_from)
   ratio = 1.0 if scratch else c.backbone_lr_ratio
   dtype = jnp.dtype(config.dtype)
   encoder = backbone.module(dtype, frozen_groups=frozen)

@@ -18,7 +18,8 @@ labelled TRAIN subset (never on the test split):
   decay) pair of the grid is a separate linear head trained at once on the
   same features (the encoder runs once per batch, not once per setting); the
   head with the best held-out accuracy is scored on the test split. The
-  held-out images are not trained on.
+  held-out images are not trained on. It runs on the supervised loop
+  (sslx/core/supervised_loop.py): checkpointed, resumable, preemptible.
 """
 
 import functools
