@@ -98,9 +98,11 @@ def synthetic_batch(config, seed=0):
   """A host batch as the pipeline yields it: {'views': {group: uint8 [B, n, S, S, 3]}, ...}."""
   rng = np.random.default_rng(seed)
   size = config.data.image_size
-  views = {name: rng.integers(0, 256, (config.batch_size, group.get("num_crops", 1), size,
-                                       size, 3), dtype=np.uint8)
-           for name, group in sorted(config.views.items())}
+  views = {}
+  for name, group in sorted(config.views.items()):
+    side = group.get("crop_size") or size
+    views[name] = rng.integers(0, 256, (config.batch_size, group.get("num_crops", 1), side, side,
+                                        3), dtype=np.uint8)
   return {"views": views,
           "label": rng.integers(0, 10, (config.batch_size,), dtype=np.int32),
           "index": rng.permutation(config.batch_size).astype(np.int32)}
@@ -146,3 +148,18 @@ def run_main(workdir, tfds_dir, *flags, config_file="configs/byol.py", tiny=True
          f"--config.data.data_dir={tfds_dir}", *(TINY_FLAGS if tiny else []), *flags]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def preempt_after(monkeypatch, reporter, step):
+  """A real SIGTERM to this process once `reporter.report` has logged `step`, as a scheduler
+  sends it. `reporter` is the class whose `report(self, step, metrics)` the loop calls
+  (pretraining: progress.Progress; the supervised jobs: supervised_loop.Loop)."""
+  import signal  # pylint: disable=g-import-not-at-top
+  report = reporter.report
+
+  def report_then_signal(self, done, metrics):
+    scalars = report(self, done, metrics)
+    if done == step:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return scalars
+  monkeypatch.setattr(reporter, "report", report_then_signal)

@@ -1,7 +1,6 @@
 """Exact resume (2N straight == N, preempted, resumed to 2N) and checkpoints of another config."""
 
 import os
-import signal
 
 import chex
 import pytest
@@ -13,7 +12,7 @@ from sslx import errors
 from sslx.core import mesh as mesh_lib
 from sslx.jobs import pretrain
 from sslx.core import progress as progress_lib
-from conftest import INFO, tiny_config
+from conftest import INFO, preempt_after, tiny_config
 
 STEPS = 6
 
@@ -44,19 +43,6 @@ def simclr(tmp_path):
   return c
 
 
-def preempt_after(monkeypatch, step):
-  """Sends this process a real SIGTERM once `step` has been logged (as a scheduler would)."""
-  report = progress_lib.Progress.report
-
-  def report_then_signal(self, done, metrics):
-    scalars = report(self, done, metrics)
-    if done == step:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return scalars
-
-  monkeypatch.setattr(progress_lib.Progress, "report", report_then_signal)
-
-
 @pytest.mark.slow
 def test_preempted_and_resumed_run_ends_with_the_same_state(tmp_path, monkeypatch):
   # MoCo v2 has every kind of state: an EMA key encoder, a queue and its
@@ -68,7 +54,7 @@ def test_preempted_and_resumed_run_ends_with_the_same_state(tmp_path, monkeypatc
 
   interrupted = str(tmp_path / "interrupted")
   with monkeypatch.context() as m:
-    preempt_after(m, STEPS // 2)
+    preempt_after(m, progress_lib.Progress, STEPS // 2)
     with pytest.raises(errors.Preempted, match=f"after step {STEPS // 2}"):
       pretrain.run(config, interrupted)
   assert checkpointing.Checkpointer(interrupted, max_to_keep=3, read_only=True).latest_step() == 3

@@ -2,13 +2,13 @@
 
 import json
 import os
-import signal
 
 import chex
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import preempt_after
 from configs import finetune as finetune_config
 from configs import linear_eval as linear_eval_config
 from sslx import errors
@@ -48,18 +48,6 @@ def _saved_state(workdir, step):
     ckpt.close()
 
 
-def _preempt_after(monkeypatch, step):
-  """A real SIGTERM to this process once `step` has been reported, as a scheduler sends it."""
-  report = supervised_loop.Loop.report
-
-  def report_then_signal(self, done, metrics):
-    scalars = report(self, done, metrics)
-    if done == step:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return scalars
-  monkeypatch.setattr(supervised_loop.Loop, "report", report_then_signal)
-
-
 @pytest.mark.slow
 def test_finetune_preempted_and_resumed_equals_straight_run(tmp_path, tfds_dir, monkeypatch):
   straight_dir, resumed_dir = str(tmp_path / "straight"), str(tmp_path / "resumed")
@@ -67,7 +55,7 @@ def test_finetune_preempted_and_resumed_equals_straight_run(tmp_path, tfds_dir, 
   assert straight["train_steps"] == 2 * N
 
   with monkeypatch.context() as m:
-    _preempt_after(m, N)
+    preempt_after(m, supervised_loop.Loop, N)
     with pytest.raises(errors.Preempted, match=rf"fine-tune step {N}; newest checkpoint: "
                                                rf".*/checkpoints/{N}\. Rerun"):
       finetune.run(_finetune_config(tfds_dir), resumed_dir)
@@ -126,7 +114,7 @@ def test_augmented_linear_probe_checkpoints_and_resumes(tmp_path, tfds_dir, monk
   straight = linear_eval.run(config(), str(tmp_path / "straight"))
   assert straight["train_steps"] == 2 * N
   with monkeypatch.context() as m:
-    _preempt_after(m, N)
+    preempt_after(m, supervised_loop.Loop, N)
     with pytest.raises(errors.Preempted):
       linear_eval.run(config(), str(tmp_path / "resumed"))
   resumed = linear_eval.run(config(), str(tmp_path / "resumed"))

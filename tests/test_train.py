@@ -2,12 +2,18 @@
 
 import chex
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from conftest import INFO, run_steps, synthetic_batch, tiny_config
+from sslx import methods
+from sslx.config import defaults as config_defaults
+from sslx.core import checkpointing
 from sslx.core import mesh as mesh_lib
 from sslx.jobs import pretrain
+
 
 @pytest.fixture(scope="module")
 def one_and_eight_device_runs():
@@ -76,3 +82,70 @@ def test_unlabelled_batches_give_zero_probe_loss():
   batch["label"][:] = -1
   _, metrics = trainer.train_step(trainer.init_state(0), mesh_lib.to_global(batch, mesh))
   assert float(metrics["probe_loss"]) == 0.0
+
+
+class TwoSizeMethod(methods.base.SSLMethod):
+  """A test method on the contract's new inputs: two view groups of different crop sizes and
+  crop counts, the example index and the dropout key (as multi-crop and memory-bank methods)."""
+
+  view_groups = ("global", "local")
+
+  def init(self, rng, images):
+    params, batch_stats, _ = self.init_encoder(rng, images)
+    bank = self.config.twosize.bank_size
+    return {"encoder": params}, {"encoder": batch_stats}, {"seen": jnp.zeros((bank,), jnp.int32)}
+
+  def loss(self, params, batch_stats, method_state, batch, rngs, step):
+    del step
+    stats = batch_stats["encoder"]
+    outs = []
+    for group in self.view_groups:
+      crops = batch["views"][group]
+      for j in range(crops.shape[1]):
+        f, stats = self.encode(params["encoder"], stats, crops[:, j])
+        outs.append(methods.base.l2_normalize(f))
+    # Every local crop's feature should match the first global crop's.
+    loss = jnp.mean(jnp.stack([jnp.sum((o - outs[0]) ** 2, -1) for o in outs[1:]]))
+    keep = jax.random.bernoulli(rngs.dropout, 0.5, (batch["index"].shape[0],))
+    seen = method_state["seen"].at[batch["index"]].add(1)  # a memory bank's bookkeeping
+    return loss, methods.base.LossOutput(
+        batch_stats={"encoder": stats}, method_state={"seen": seen}, features=outs[0],
+        embeddings=outs[0], metrics={"kept": jnp.mean(keep), "index_sum": jnp.sum(batch["index"])})
+
+
+def _two_size_config(bank_size=64):
+  config = tiny_config(method="twosize", train_steps=2)
+  config.twosize = ml_collections.ConfigDict(dict(bank_size=bank_size))
+  config.views = ml_collections.ConfigDict({
+      "global": config_defaults.view(num_crops=2, crop_size=16, blur_prob=0.0),
+      "local": config_defaults.view(num_crops=3, crop_size=8, crop_area_max=0.3, blur_prob=0.0)})
+  return config
+
+
+@pytest.fixture
+def two_size_method(monkeypatch):
+  monkeypatch.setitem(methods.METHODS._entries, "twosize", f"{__name__}:TwoSizeMethod")  # pylint: disable=protected-access
+
+
+def test_a_method_gets_groups_of_two_sizes_the_index_and_its_own_rngs(two_size_method):
+  config = _two_size_config()
+  (state1, losses1), (state8, losses8) = run_steps(config, 1), run_steps(config, 8)
+  np.testing.assert_allclose(losses8, losses1, rtol=1e-4)
+  chex.assert_trees_all_close(state8.params, state1.params, rtol=1e-3, atol=1e-5)
+  # Each synthetic batch holds every index 0..15 once: two steps saw each twice.
+  np.testing.assert_array_equal(state1.method_state["seen"][:16], 2)
+  np.testing.assert_array_equal(state1.method_state["seen"][16:], 0)
+
+
+@pytest.mark.slow
+def test_multi_crop_pretraining_runs_end_to_end_on_real_data(two_size_method, tmp_path):
+  config = _two_size_config(bank_size=4000)  # mnist5k's 4,000 training digits
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.update(num_devices=2, log_every_steps=1, checkpoint_every_steps=2)
+  config.eval.update(knn=False, linear=False)
+  results = pretrain.run(config, str(tmp_path / "run"))
+  assert results["step"] == 2 and np.isfinite(results["final_metrics"]["loss"])
+  saved, _ = checkpointing.load_all(str(tmp_path / "run"))
+  seen = np.asarray(saved["method_state"]["seen"])
+  # 2 steps of 16 distinct digits of the first epoch, each counted once at its own id.
+  assert seen.sum() == 32 and seen.max() == 1

@@ -38,6 +38,7 @@ from sslx import errors
 from sslx import models
 from sslx.core import checkpointing
 from sslx.core import mesh as mesh_lib
+from sslx.core import supervised_loop
 from sslx.evaluation import features as features_lib
 
 PyTree = Any
@@ -200,6 +201,30 @@ def feature_extractor(loaded: LoadedEncoder, info: data.DatasetInfo, data_config
   return features_lib.FeatureExtractor(
       models.create_encoder(loaded.model_config, dtype=dtype), loaded.variables,
       data_config=data_config, mean=info.mean, std=info.std, mesh=mesh, dtype=dtype)
+
+
+def labelled_batches(config, data_config, info: data.DatasetInfo, view, indices):
+  """start_step -> the augmented stream of the labelled train images `indices` (one crop each).
+
+  What the supervised jobs train on: `view` is their crop-and-flip view group
+  (`finetune.view`, `linear.view`); the stream restarts exactly at any step.
+  """
+  views = ml_collections.ConfigDict({"v1": view})
+
+  def batches_from(start_step: int):
+    return data.make_pretrain_iterator(
+        data_config, views, global_batch_size=config.batch_size, seed=config.seed,
+        split=info.train_split, indices=indices, start_step=start_step)
+  return batches_from
+
+
+def supervised_loop_for(config, workdir: str, mesh, loaded: LoadedEncoder, *, section: str,
+                        name: str, num_steps: int) -> supervised_loop.Loop:
+  """The safe loop of a transfer job; its checkpoints are tied to this encoder and setting."""
+  identity = dict(supervised_loop.describe_for_resume(config, section),
+                  encoder=loaded.source["checkpoint"], encoder_step=loaded.source["step"])
+  return supervised_loop.Loop(name=name, workdir=workdir, config=config, mesh=mesh,
+                              num_steps=num_steps, identity=identity, metric_prefix=section)
 
 
 def describe(config, backbone: LoadedEncoder, info: data.DatasetInfo, num_labelled: int) -> dict:

@@ -36,7 +36,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from sslx import data
 from sslx import errors
 from sslx import models
 from sslx.core import mesh as mesh_lib
@@ -190,18 +189,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   train_step = jax.jit(make_train_step(encoder, head, tx, info.mean, info.std, dtype,
                                        config.nonfinite.action), donate_argnums=0)
-  view_config = ml_collections.ConfigDict({"v1": c.view})
-
-  def batches_from(start_step):
-    return data.make_pretrain_iterator(
-        data_config, view_config, global_batch_size=config.batch_size, seed=config.seed,
-        split=info.train_split, indices=subset, start_step=start_step)
-
-  identity = dict(supervised_loop.describe_for_resume(config, "finetune"),
-                  encoder=loaded.source["checkpoint"], encoder_step=loaded.source["step"])
-  loop = supervised_loop.Loop(name="fine-tune", workdir=workdir, config=config, mesh=mesh,
-                              num_steps=steps, identity=identity, metric_prefix="finetune")
-  state, last = loop.run(state, train_step, batches_from)
+  loop = transfer.supervised_loop_for(config, workdir, mesh, loaded, section="finetune",
+                                      name="fine-tune", num_steps=steps)
+  state, last = loop.run(state, train_step,
+                         transfer.labelled_batches(config, data_config, info, c.view, subset))
 
   # Test: the fine-tuned encoder in inference mode, then the head.
   state = jax.device_get(state)

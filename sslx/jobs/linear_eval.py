@@ -120,18 +120,10 @@ def _train_augmented(config, workdir, loaded, info, data_config, mesh, extract, 
     new, flags = supervised_loop.guard(state, new, loss, grads, action)
     return new, {"loss": loss / num_heads, "grad_norm": optax.global_norm(grads), **flags}
 
-  view_config = ml_collections.ConfigDict({"v1": c.view})
-
-  def batches_from(start_step):
-    return data.make_pretrain_iterator(
-        data_config, view_config, global_batch_size=config.batch_size, seed=config.seed,
-        split=info.train_split, indices=fit_idx, start_step=start_step)
-
-  identity = dict(supervised_loop.describe_for_resume(config, "linear"),
-                  encoder=loaded.source["checkpoint"], encoder_step=loaded.source["step"])
-  loop = supervised_loop.Loop(name="linear probe", workdir=workdir, config=config, mesh=mesh,
-                              num_steps=steps, identity=identity, metric_prefix="linear")
-  state, _ = loop.run(state, lambda st, batch: step(st, batch, variables), batches_from)
+  loop = transfer.supervised_loop_for(config, workdir, mesh, loaded, section="linear",
+                                      name="linear probe", num_steps=steps)
+  state, _ = loop.run(state, lambda st, batch: step(st, batch, variables),
+                      transfer.labelled_batches(config, data_config, info, c.view, fit_idx))
 
   heads = jax.device_get(state.params)
   predict = lambda x: np.asarray(multi_head_logits(heads, jnp.asarray((x - mean) / std)))
