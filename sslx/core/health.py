@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslx import errors
-from sslx.evaluation.knn import l2_normalize
+from sslx.core.numerics import l2_normalize
 
 
 class NonFiniteError(errors.SslxError):
@@ -26,6 +26,20 @@ def all_finite(*trees) -> jax.Array:
   """True iff every element of every array in `trees` is finite (a scalar bool)."""
   leaves = [x for t in trees for x in jax.tree.leaves(t)]
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def drop_if_nonfinite(finite: jax.Array, new, old, skipped: jax.Array, action: str):
+  """(`new`, or `old` where the step was not finite, and the skipped-update count).
+
+  The 'skip' policy of `config.nonfinite`, shared by every loop: a non-finite
+  step's whole update (weights, BN statistics, optimizer moments, method
+  state) is dropped, so the next step starts from this step's input state,
+  and it is counted. With 'stop' the update is kept; the host stops the run.
+  """
+  if action != "skip":
+    return new, skipped
+  kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  return kept, skipped + jnp.where(finite, 0, 1).astype(skipped.dtype)
 
 
 def embedding_std(embeddings: jax.Array) -> jax.Array:

@@ -64,14 +64,17 @@ def guard(state: SupervisedState, new: SupervisedState, loss, grads, action: str
   """(the state to keep, {'finite', 'skipped_updates'}): with action 'skip' a non-finite
   update is dropped (the input state is kept, step advanced) and counted."""
   finite = health.all_finite(loss, grads)
-  skipped = state.skipped_updates
-  if action == "skip":
-    keep = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
-                        (new.params, new.batch_stats, new.opt_state),
-                        (state.params, state.batch_stats, state.opt_state))
-    skipped = skipped + jnp.where(finite, 0, 1).astype(skipped.dtype)
-    new = new.replace(params=keep[0], batch_stats=keep[1], opt_state=keep[2])
-  return new.replace(skipped_updates=skipped), {"finite": finite, "skipped_updates": skipped}
+  fields = ("params", "batch_stats", "opt_state")
+  kept, skipped = health.drop_if_nonfinite(
+      finite, {f: getattr(new, f) for f in fields}, {f: getattr(state, f) for f in fields},
+      state.skipped_updates, action)
+  return new.replace(skipped_updates=skipped, **kept), {"finite": finite,
+                                                        "skipped_updates": skipped}
+
+
+def _cause(e: Exception) -> str:
+  """The first line of an Orbax/TensorStore error, which can run to pages."""
+  return str(e).splitlines()[0][:200] if str(e) else repr(e)
 
 
 class StateCheckpointer:
@@ -79,7 +82,8 @@ class StateCheckpointer:
 
   def __init__(self, workdir: str, *, max_to_keep: int, identity: dict[str, Any]):
     self.directory = checkpointing.checkpoint_dir(workdir)
-    self.identity = identity  # what must match for a checkpoint to be resumed
+    # What must match for a checkpoint to be resumed, as its saved JSON reads back.
+    self.identity = json.loads(json.dumps(identity, default=str))
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
@@ -96,7 +100,7 @@ class StateCheckpointer:
     step = int(jax.device_get(state.step))
     self.manager.save(step, force=True, args=ocp.args.Composite(**{
         STATE_ITEM: ocp.args.StandardSave(state.as_dict()),
-        CONFIG_ITEM: ocp.args.JsonSave(json.loads(json.dumps(self.identity, default=str)))}))
+        CONFIG_ITEM: ocp.args.JsonSave(self.identity)}))
 
   def restore_newest(self, state: SupervisedState) -> SupervisedState | None:
     """The newest checkpoint's state (into `state`'s shapes and shardings), or None."""
@@ -110,10 +114,9 @@ class StateCheckpointer:
     except Exception as e:  # pylint: disable=broad-except  (Orbax raises bare Exception)
       raise errors.CheckpointError(
           f"Cannot read checkpoint {where}: it is corrupt, truncated or from before sslx "
-          f"checkpointed this job ({str(e).splitlines()[0][:200] if str(e) else e!r}). Move it "
+          f"checkpointed this job ({_cause(e)}). Move it "
           "aside or use another --workdir.") from e
-    wanted = json.loads(json.dumps(self.identity, default=str))
-    differs = [f"{k}={saved.get(k)!r} there, {v!r} here" for k, v in wanted.items()
+    differs = [f"{k}={saved.get(k)!r} there, {v!r} here" for k, v in self.identity.items()
                if saved.get(k) != v]
     if differs:
       raise errors.CheckpointMismatchError(
@@ -127,7 +130,7 @@ class StateCheckpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise errors.CheckpointError(
           f"Cannot restore checkpoint {where}: it is corrupt or truncated "
-          f"({str(e).splitlines()[0][:200] if str(e) else e!r}). Move it aside to start "
+          f"({_cause(e)}). Move it aside to start "
           "again.") from e
     logging.info("Resuming from %s", where)
     return SupervisedState(**restored)
@@ -219,5 +222,5 @@ def describe_for_resume(config: ml_collections.ConfigDict, *sections: str) -> di
   out["dataset"] = config.data.dataset
   for section in sections:
     out[section] = config[section].to_dict() if section in config else None
-  return json.loads(json.dumps(out, default=str))
+  return out
 

@@ -55,10 +55,11 @@ class FeatureExtractor:
   """Features of an encoder (module + variables) for whole splits of one dataset."""
 
   def __init__(self, encoder, variables: PyTree, *, data_config, mean, std, mesh,
-               dtype="float32"):
+               dtype="float32", embed_fn=None):
+    """`embed_fn`: a `make_embed_fn` of this encoder to reuse (its compilation with it)."""
     self.encoder, self.data_config, self.mesh = encoder, data_config, mesh
     self.variables = mesh_lib.replicate(variables, mesh)
-    self._embed = make_embed_fn(encoder, mean, std, dtype)
+    self._embed = embed_fn or make_embed_fn(encoder, mean, std, dtype)
 
   def __call__(self, split: str, *, batch_size: int, indices=None, max_examples=None):
     """(features [N, D] float32, labels [N]) of `split` ('train' or 'test'); global batch size."""

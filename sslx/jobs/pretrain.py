@@ -122,6 +122,7 @@ class Trainer:
     # Evaluation (centre crops) runs at the data's image size.
     eval_size = config.data.image_size
     self._eval_images = jnp.zeros((2, eval_size, eval_size, 3), jnp.float32)
+    self._embed = None  # the jitted feature extractor, built at the first evaluation
     self.state_sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), self.abstract_state())
     self.train_step = jax.jit(
         self._train_step,
@@ -181,13 +182,9 @@ class Trainer:
     finite = health.all_finite(total, grads)
     new = dict(params=params, batch_stats=out.batch_stats, opt_state=opt_state,
                method_state=method_state)
-    skipped = state.skipped_updates
-    if self.config.nonfinite.action == "skip":
-      # Drop the whole update (weights, BN statistics, optimizer moments, EMA
-      # target, queue): the next step starts from this step's input state.
-      new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new,
-                         {k: getattr(state, k) for k in new})
-      skipped = skipped + jnp.where(finite, 0, 1).astype(skipped.dtype)
+    # With 'skip', the EMA target and the queue are dropped with the rest.
+    new, skipped = health.drop_if_nonfinite(finite, new, {k: getattr(state, k) for k in new},
+                                            state.skipped_updates, self.config.nonfinite.action)
     metrics["finite"] = finite
     metrics["skipped_updates"] = skipped
     return state.replace(step=step + 1, skipped_updates=skipped, **new), metrics
@@ -226,11 +223,14 @@ class Trainer:
     augmentation) and shared by both protocols.
     """
     c = self.config.eval
+    if self._embed is None:  # one compilation for every encoder and every evaluation
+      self._embed = features_lib.make_embed_fn(self.method.encoder, self.info.mean,
+                                               self.info.std, self.dtype)
     results = {}
     for name, variables in encoders.items():
       extract = features_lib.FeatureExtractor(
           self.method.encoder, variables, data_config=self.config.data, mean=self.info.mean,
-          std=self.info.std, mesh=self.mesh, dtype=self.dtype)
+          std=self.info.std, mesh=self.mesh, dtype=self.dtype, embed_fn=self._embed)
       results[name] = features_lib.evaluate_frozen(
           extract, num_classes=self.info.num_classes, batch_size=c.batch_size,
           knn_k=c.knn_k if c.knn else None, knn_temperature=c.knn_temperature,
