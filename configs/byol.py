@@ -39,6 +39,7 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
       projector_dim=256,
       predictor_hidden_dim=4096,
       tau_base=0.996,  # EMA rate at step 0; cosine-increased to 1 at the end
+      predictor_learning_rate_multiplier=1.0,  # the predictor's rate / the encoder's
   ))
   config_defaults.apply_dataset_preset(c, preset, "configs/byol.py")
 

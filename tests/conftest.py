@@ -59,7 +59,10 @@ TINY_FLAGS = ["--config.model.name=resnet10", "--config.model.width=0.125",
               "--config.byol.projector_hidden_dim=32", "--config.byol.projector_dim=16",
               "--config.byol.predictor_hidden_dim=32", "--config.batch_size=32",
               "--config.optimizer.warmup_epochs=0", "--config.eval.batch_size=256",
-              "--config.log_every_steps=2", "--config.checkpoint_every_steps=2"]
+              "--config.log_every_steps=2", "--config.checkpoint_every_steps=2",
+              # The few-label table's runs and pictures, shrunk: 2 draws, 3 scratch steps.
+              "--config.eval.few_label_draws=2", "--config.eval.scratch.steps=3",
+              "--config.plots.tsne_max_points=200"]
 
 
 # Flags of the transfer jobs' tiny runs through main.py.
@@ -163,3 +166,24 @@ def preempt_after(monkeypatch, reporter, step):
       os.kill(os.getpid(), signal.SIGTERM)
     return scalars
   monkeypatch.setattr(reporter, "report", report_then_signal)
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory, worker_id):
+  """One tiny pretraining (2 steps, no evaluation), shared by the session's tests and workers."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.getbasetemp()
+  if worker_id != "master":
+    root = root.parent  # this session's directory, shared by its xdist workers
+  workdir, tfds_dir = root / "shared_pretrain", root / "shared_pretrain_tfds"
+  with open(root / "shared_pretrain.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker pretrains; the others wait, then reuse
+    if not (workdir / "checkpoints" / "2").is_dir():
+      result = run_main(str(workdir), str(tfds_dir), "--config.train_steps=2",
+                        "--config.cpu_devices=2", "--config.eval.knn=False",
+                        "--config.eval.linear=False")
+      assert result.returncode == 0, result.stderr[-3000:]
+  return str(workdir)

@@ -31,10 +31,31 @@ def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir):
   assert "linear probe top-1 on mnist5k test: pretrained" in first.stdout
   results = json.load(open(os.path.join(workdir, "pretrain_results.json")))
   assert results["step"] == 4
-  assert set(results["eval"]) == {"pretrained", "random_init"}
-  for by_protocol in results["eval"].values():
+  assert set(results["eval"]) == {"pretrained", "random_init", "scratch"}
+  for by_protocol in (results["eval"]["pretrained"], results["eval"]["random_init"]):
     for r in (by_protocol["knn"], by_protocol["linear"]):
       assert 0.0 <= r["top1"] <= 1.0 and r["top5"] >= r["top1"]
+  # The few-label table: the probes of both encoders and the scratch baseline, per N.
+  table = first.stdout.split("few labels, top-1 on mnist5k test")[1].splitlines()
+  assert table[1].split() == ["labels", "per", "class", "1", "5", "10"]
+  for line, title in zip(table[2:5], ("linear probe, pretrained", "linear probe, random_init",
+                                      "from scratch (labels only)")):
+    assert line.strip().startswith(title)
+  for name in ("pretrained", "random_init"):
+    few = results["eval"][name]["few_label_linear"]
+    assert sorted(few) == ["1", "10", "5"] and all(r["draws"] == 2 for r in few.values())
+    shown = [f"{few[n]['top1']:.1%}" for n in ("1", "5", "10")]
+    assert next(line for line in table if f", {name}" in line).split()[-5:-2] == shown
+  scratch = results["eval"]["scratch"]["few_label_scratch"]
+  assert all(r["draws"] == 1 and 0.0 <= r["top1"] <= 1.0 for r in scratch.values())
+  # Pictures, with the curves drawn from the values the run logged (TensorBoard too).
+  assert set(results["plots"]) == {"curves", "embedding_map", "retrievals"}
+  for path in results["plots"].values():
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in logged] == [2, 4]
+  events = _tensorboard_scalars(workdir, "loss")
+  assert events == pytest.approx({r["step"]: r["loss"] for r in logged}, rel=1e-6)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   assert sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) == [2, 4]
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
@@ -58,10 +79,26 @@ def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir):
   assert f"Resuming from {ckpt_dir}/4" in second.stderr
   assert "step 6/6" in second.stderr and "step 2/6" not in second.stderr
   assert json.load(open(os.path.join(workdir, "pretrain_results.json")))["step"] == 6
+  # The metrics log continued the same run: steps 2..6, each once.
+  logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in logged] == [2, 4, 6]
   resumed_encoder, _, step = checkpointing.load_encoder(workdir)
   assert step == 6
   assert not np.allclose(jax.tree.leaves(resumed_encoder["params"])[0],
                          jax.tree.leaves(encoder["params"])[0])
+
+
+def _tensorboard_scalars(workdir, tag):
+  """{step: value} of one scalar in the workdir's event files."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  values = {}
+  for name in sorted(os.listdir(workdir)):
+    if name.startswith("events.out.tfevents"):
+      for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, name)):
+        for value in event.summary.value:
+          if value.tag == tag:
+            values[event.step] = float(tf.make_ndarray(value.tensor))
+  return values
 
 
 METHOD_FLAGS = {
@@ -85,6 +122,7 @@ def test_every_method_pretrains_checkpoints_and_evaluates(tmp_path, tfds_dir, co
          "--config.optimizer.warmup_epochs=0", "--config.eval.batch_size=256",
          "--config.eval.linear=False", "--config.eval.max_train_examples=512",
          "--config.eval.compare_random_init=False",  # test_main_trains... covers the baseline
+         "--config.eval.few_labels=()", "--config.plots.enabled=False",  # and these
          "--config.log_every_steps=1", "--config.cpu_devices=2", *METHOD_FLAGS[config_arg]]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
   result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -1,6 +1,5 @@
 """End to end: a tiny pretraining, then every evaluator through main.py; bad input fails cleanly."""
 
-import fcntl
 import hashlib
 import json
 import os
@@ -22,23 +21,6 @@ from configs import knn_eval as knn_eval_config
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="session")
-def pretrained(tmp_path_factory, worker_id):
-  """One tiny pretraining, shared by this session's tests and xdist workers."""
-  root = tmp_path_factory.getbasetemp()
-  if worker_id != "master":
-    root = root.parent  # this session's directory, shared by its xdist workers
-  workdir, tfds_dir = root / "shared_pretrain", root / "shared_pretrain_tfds"
-  with open(root / "shared_pretrain.lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker pretrains; the others wait, then reuse
-    if not (workdir / "checkpoints" / "2").is_dir():
-      result = _main(str(workdir), str(tfds_dir), "--config.train_steps=2",
-                     "--config.cpu_devices=2", "--config.eval.knn=False",
-                     "--config.eval.linear=False")
-      assert result.returncode == 0, result.stderr[-3000:]
-  return str(workdir)
 
 
 def _tree_digest(directory):

@@ -114,7 +114,26 @@ def base_config() -> ml_collections.ConfigDict:
       # Also run the kNN / linear evaluation every this many steps (0: only at
       # the end), to follow representation quality over training in TensorBoard.
       every_steps=0,
+      # Few labels (sslx/evaluation/few_label.py): linear probes fitted on only
+      # N labelled images per class, for each N here (() turns it off), mean
+      # over `few_label_draws` random subsets, at L2 strength `few_label_l2`.
+      few_labels=(1, 5, 10),
+      few_label_draws=5,
+      few_label_l2=1e-2,
+      # ... beside the same network trained from scratch on those labels
+      # (subsets of the first `scratch.draws` draws): `steps` of SGD on random crops
+      # of batch `batch_size` (0 steps: no scratch baseline).
+      scratch=ml_collections.ConfigDict(dict(
+          steps=0, draws=1, batch_size=64, base_learning_rate=1.0, weight_decay=0.0,
+          view=view(color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,
+                    solarize_prob=0.0))),
   ))
+
+  # PNGs written into the workdir at the end (sslx/evaluation/plots.py):
+  # training curves, a t-SNE map of test features (pretrained beside random
+  # init) and a grid of nearest-neighbour retrievals.
+  c.plots = ml_collections.ConfigDict(dict(
+      enabled=True, tsne_max_points=2000, retrieval_queries=8, retrieval_neighbours=8))
 
   # A NaN or infinite loss or gradient. 'stop': end the run naming the step
   # and the quantity, saving nothing (the last good checkpoint stays the
@@ -161,6 +180,10 @@ def apply_dataset_preset(c: ml_collections.ConfigDict, preset: str, config_file:
     # The memory bank is 4,000 images (400 per class): k=200 would reach
     # half of a class, so use k=20.
     c.eval.knn_k = 20
+    # The supervised baseline of the few-label table: 300 steps of 64 crops
+    # (digits kept whole and unflipped, as in pretraining).
+    c.eval.scratch.steps = 300
+    c.eval.scratch.view.update(crop_area_min=0.5, flip_prob=0.0)
     c.log_every_steps = 50
     c.checkpoint_every_steps = 200
   elif preset in ("cifar10", "cifar100"):

@@ -98,6 +98,19 @@ TOP_LEVEL = {
     "eval.knn_temperature": POSITIVE,
     "eval.batch_size": POSITIVE_INT,
     "eval.every_steps": NON_NEGATIVE_INT,
+    "eval.few_labels": (lambda v: isinstance(v, (tuple, list)) and all(
+        _is_int(n) and n > 0 for n in v), "a tuple of integers > 0 (labels per class), or ()"),
+    "eval.few_label_draws": POSITIVE_INT,
+    "eval.few_label_l2": POSITIVE,
+    "eval.scratch.steps": NON_NEGATIVE_INT,
+    "eval.scratch.draws": POSITIVE_INT,
+    "eval.scratch.batch_size": POSITIVE_INT,
+    "eval.scratch.base_learning_rate": POSITIVE,
+    "eval.scratch.weight_decay": NON_NEGATIVE,
+    "plots.enabled": BOOL,
+    "plots.tsne_max_points": POSITIVE_INT,
+    "plots.retrieval_queries": POSITIVE_INT,
+    "plots.retrieval_neighbours": POSITIVE_INT,
     "nonfinite.action": one_of("stop", "skip"),
     "nonfinite.max_skipped": NON_NEGATIVE_INT,
     "collapse.min_std_fraction": NON_NEGATIVE,
@@ -106,7 +119,12 @@ TOP_LEVEL = {
 
 def view_problems(config) -> list[str]:
   """The view groups' fields (sslx/data/views.py is the one place they are named)."""
-  return views.group_problems(config.get("views"))
+  problems = views.group_problems(config.get("views"))
+  scratch_view = _get(config, "eval.scratch.view")
+  if scratch_view is not _MISSING:
+    problems += views.group_problems(ml_collections.ConfigDict({"view": scratch_view}),
+                                     section="eval.scratch")
+  return problems
 
 
 def model_problems(config) -> list[str]:

@@ -135,26 +135,41 @@ def _group_optimizer(opt_config, schedule, group) -> optax.GradientTransformatio
 
 
 MAIN_GROUP = "main"
+MODEL, PROBE = "model", "probe"
+
+
+def _group_transforms(opt_config, schedule, method, main: str):
+  """{label: optax transformation} for the method's main optimizer and its extra groups."""
+  groups = method.param_groups() if method is not None else {}
+  clash = sorted(set(groups) & {MAIN_GROUP, MODEL, PROBE})
+  if clash:
+    raise ValueError(f"Method param group names {clash} are reserved; rename them.")
+  return groups, {main: OPTIMIZERS.get(opt_config.name)(opt_config, schedule),
+                  **{name: _group_optimizer(opt_config, schedule, g)
+                     for name, g in groups.items()}}
+
+
+def _method_labels(params, method, groups, main: str):
+  """The label of every leaf of the method's params: its param group, or `main`."""
+  def label(path, _):
+    keys = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    group = method.param_group(keys) if groups else None
+    if group is not None and group not in groups:
+      raise ValueError(f"param_group{keys} = {group!r}, not one of {sorted(groups)}.")
+    return main if group is None else group
+  return jax.tree_util.tree_map_with_path(label, params)
 
 
 def method_optimizer(opt_config, schedule, method=None) -> optax.GradientTransformation:
-  """The optimizer of the method's parameters, split by its param groups if it has any."""
-  base = OPTIMIZERS.get(opt_config.name)(opt_config, schedule)
-  groups = method.param_groups() if method is not None else {}
-  if not groups:
-    return base
-  transforms = {MAIN_GROUP: base, **{name: _group_optimizer(opt_config, schedule, g)
-                                     for name, g in groups.items()}}
+  """The optimizer of the method's parameters alone, split by its param groups if it has any.
 
-  def labels(params):
-    def label(path, _):
-      keys = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-      group = method.param_group(keys)
-      if group is not None and group not in groups:
-        raise ValueError(f"param_group{keys} = {group!r}, not one of {sorted(groups)}.")
-      return MAIN_GROUP if group is None else group
-    return jax.tree_util.tree_map_with_path(label, params)
-  return optax.multi_transform(transforms, labels)
+  `param_group(path)` sees paths inside the method's params ('predictor', ...).
+  """
+  groups, transforms = _group_transforms(opt_config, schedule, method, MAIN_GROUP)
+  if not groups:
+    return transforms[MAIN_GROUP]
+  return optax.multi_transform(transforms,
+                               lambda params: _method_labels(params, method, groups, MAIN_GROUP))
 
 
 def create_optimizer(config: ml_collections.ConfigDict, *, steps_per_epoch: float, method=None):
@@ -168,8 +183,16 @@ def create_optimizer(config: ml_collections.ConfigDict, *, steps_per_epoch: floa
       config.optimizer, batch_size=config.batch_size, train_steps=config.train_steps,
       steps_per_epoch=steps_per_epoch)
   probe_schedule = optax.cosine_decay_schedule(config.probe.learning_rate, config.train_steps)
-  tx = optax.multi_transform(
-      {"model": method_optimizer(config.optimizer, schedule, method),
-       "probe": optax.sgd(probe_schedule, momentum=config.probe.momentum)},
-      param_labels={"model": "model", "probe": "probe"})
-  return tx, schedule
+  # One flat partition over {'model', 'probe'}: a nested multi_transform
+  # would show the method's param_group the outer paths ('model', ...).
+  # The method's main group keeps the label 'model', so a method without
+  # groups has the optimizer state layout it always had.
+  groups, transforms = _group_transforms(config.optimizer, schedule, method, MODEL)
+  transforms[PROBE] = optax.sgd(probe_schedule, momentum=config.probe.momentum)
+
+  def labels(params):
+    # Prefix labels where a whole part has one: the masked states then have the
+    # layout the checkpoints of earlier versions hold.
+    return {MODEL: _method_labels(params[MODEL], method, groups, MODEL) if groups else MODEL,
+            PROBE: PROBE}
+  return optax.multi_transform(transforms, labels), schedule

@@ -1,5 +1,7 @@
 """Progress a person can follow: a terminal line and TensorBoard scalars."""
 
+import json
+import os
 import time
 
 from absl import logging
@@ -54,3 +56,33 @@ class Progress:
             if "steps_per_sec" in scalars else "")
     logging.info("step %d/%d | %s | %s | ETA %s", step, self.total_steps, shown, rate, eta)
     return scalars
+
+
+class MetricsLog:
+  """The logged scalars as JSON lines (WORKDIR/metrics.jsonl): what the plots are drawn from.
+
+  A resumed run first drops the lines after its start step (they belong to
+  the steps it will run again), so the file always describes one run.
+  """
+
+  def __init__(self, path: str | None, start_step: int):
+    self.path = path
+    if path is None:
+      return
+    kept = [r for r in self.read(path) if r["step"] <= start_step] if start_step else []
+    with open(path, "w") as f:
+      for record in kept:
+        f.write(json.dumps(record) + "\n")
+
+  def append(self, step: int, scalars: dict[str, float]) -> None:
+    if self.path is not None:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
+                + "\n")
+
+  @staticmethod
+  def read(path: str) -> list[dict]:
+    if not os.path.exists(path):
+      return []
+    with open(path) as f:
+      return [json.loads(line) for line in f if line.strip()]

@@ -169,6 +169,13 @@ def get_dataset_info(data_config: Any) -> DatasetInfo:
       mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
+def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(mean, std) the pipeline normalises dataset `name` with, without reading it."""
+  kind, arg = _parse_name(name)
+  spec = _TFDS_SPECS[arg] if kind == "tfds" else None
+  return (spec.mean, spec.std) if spec else (IMAGENET_MEAN, IMAGENET_STD)
+
+
 def load_split(data_config: Any, split: str, *, process_index: int,
                process_count: int, max_examples: int | None = None,
                shuffle_files_seed: int | None = None,

@@ -116,17 +116,21 @@ def name_problems(views_config, declared: Sequence[str], method: str) -> list[st
           f"configs/{method}.py, which sets the groups the method needs."]
 
 
-def group_problems(views_config, declared: Sequence[str] | None = None) -> list[str]:
-  """Every problem with the fields of `config.views`: types, ranges, order of ranges."""
+def group_problems(views_config, declared: Sequence[str] | None = None,
+                   section: str = "views") -> list[str]:
+  """Every problem with the fields of `config.views`: types, ranges, order of ranges.
+
+  `section` names where the groups live in messages (config.<section>.<group>.<field>).
+  """
   if views_config is None or not list(views_config.keys()):
     return ["config.views has no view groups; give at least one, e.g. v1 (see "
             "sslx/config/defaults.py, view())."]
   problems = []
   for name in group_names(views_config, declared):
     group = views_config[name]
-    prefix = f"config.views.{name}."
+    prefix = f"config.{section}.{name}."
     if not isinstance(group, (ml_collections.ConfigDict, dict)):
-      problems.append(f"config.views.{name} is {group!r}, not a view group (a ConfigDict from "
+      problems.append(f"config.{section}.{name} is {group!r}, not a view group (a ConfigDict from "
                       "sslx.config.defaults.view()).")
       continue
     for field, (ok, valid) in RULES.items():

@@ -8,7 +8,10 @@ linear probe) on the same features, as pretraining's final and periodic
 evaluations do.
 """
 
+import time
 from typing import Any, Callable
+
+from absl import logging
 
 import jax
 import numpy as np
@@ -71,10 +74,19 @@ class FeatureExtractor:
 
 def evaluate_frozen(extract: FeatureExtractor, *, num_classes: int, batch_size: int,
                     knn_k: int | None, knn_temperature: float = 0.1, linear: bool = True,
-                    max_train_examples: int | None = None, seed: int = 0) -> dict[str, dict]:
-  """kNN (when knn_k is set) and linear-probe top-1/top-5 on the test split, same features."""
+                    max_train_examples: int | None = None, seed: int = 0,
+                    few_label_subsets: dict[int, list] | None = None,
+                    few_label_l2: float | None = None, return_features: bool = False):
+  """kNN (when knn_k is set) and linear-probe top-1/top-5 on the test split, same features.
+
+  `few_label_subsets` {N: [indices into the train split, one per draw]} adds
+  `few_label_linear`: {N: mean/std top-1 of probes fitted on those images only}.
+  With `return_features`, returns (results, {'train': (x, y), 'test': (x, y)}).
+  """
+  clock = _Clock()
   train_x, train_y = extract("train", batch_size=batch_size, max_examples=max_train_examples)
   test_x, test_y = extract("test", batch_size=batch_size)
+  clock.lap("features")
   results = {}
   if knn_k:
     results["knn"] = knn.knn_accuracy(train_x, train_y, test_x, test_y, k=knn_k,
@@ -82,4 +94,27 @@ def evaluate_frozen(extract: FeatureExtractor, *, num_classes: int, batch_size: 
   if linear:
     results["linear"] = linear_probe.linear_probe_accuracy(
         train_x, train_y, test_x, test_y, num_classes=num_classes, seed=seed)
+  clock.lap("kNN and linear probe")
+  if few_label_subsets:
+    from sslx.evaluation import few_label  # pylint: disable=import-outside-toplevel
+    results["few_label_linear"] = {
+        n: few_label.linear_few_label(train_x, test_x, test_y, train_y, chosen,
+                                      num_classes=num_classes,
+                                      l2=few_label_l2 or few_label.DEFAULT_L2)
+        for n, chosen in few_label_subsets.items()}
+    clock.lap("few-label probes")
+  if return_features:
+    return results, {"train": (train_x, train_y), "test": (test_x, test_y)}
   return results
+
+
+class _Clock:
+  """Logs how long each part of an evaluation took (where the quick start's minutes go)."""
+
+  def __init__(self):
+    self._t = time.perf_counter()
+
+  def lap(self, what: str) -> None:
+    now = time.perf_counter()
+    logging.info("evaluation: %s took %.1fs", what, now - self._t)
+    self._t = now

@@ -8,6 +8,9 @@ they read only the encoder and the config of a pretraining checkpoint
   PRETRAIN_WORKDIR                    its newest checkpoint (or the step in
                                       `config.checkpoint_step`)
   PRETRAIN_WORKDIR/checkpoints/STEP   that step
+  EXPORT_DIR                          an encoder `sslx.Encoder.save_portable` wrote
+  PATH.pt (.pth)                      a torchvision or timm ResNet state_dict (e.g.
+                                      ImageNet-pretrained weights as a fine-tuning start)
   random                              a randomly initialised encoder (seed
                                       `config.seed`), the baseline of every table
   scratch                             fine-tuning only: random init, and every
@@ -40,6 +43,10 @@ from sslx.core import checkpointing
 from sslx.core import mesh as mesh_lib
 from sslx.core import supervised_loop
 from sslx.evaluation import features as features_lib
+from sslx.export import portable
+from sslx.export import torch_resnet
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 PyTree = Any
 RANDOM, SCRATCH = "random", "scratch"
@@ -109,6 +116,8 @@ def load_backbone(config) -> LoadedEncoder:
     return LoadedEncoder(model_config, variables, dict(
         checkpoint=workdir, step=None, method=None, pretrain_dataset=None,
         pretrain_image_size=None))
+  if workdir.endswith(TORCH_SUFFIXES) or portable.is_portable(workdir):
+    return _load_export(config, workdir, step)
   variables, pretrain_config, step = checkpointing.load_encoder(workdir, step)
   model_config = _model_from(config, pretrain_config["model"])
   _check_shapes(model_config, variables, f"{workdir}/checkpoints/{step}",
@@ -118,6 +127,34 @@ def load_backbone(config) -> LoadedEncoder:
       method=pretrain_config.get("method"),
       pretrain_dataset=pretrain_config["data"]["dataset"],
       pretrain_image_size=pretrain_config["data"]["image_size"]))
+
+
+def _load_export(config, path: str, step: int | None) -> LoadedEncoder:
+  """A torch ResNet state_dict or a portable export as the encoder to evaluate."""
+  if step is not None:
+    raise errors.ConfigError(f"config.checkpoint_step={step}, but {path} is an exported encoder "
+                             "with one set of weights; leave checkpoint_step unset.")
+  if path.endswith(TORCH_SUFFIXES):
+    if not os.path.isfile(path):
+      raise errors.CheckpointError(f"There is no state_dict file {path}.")
+    variables, model = torch_resnet.load(path)
+    source = dict(checkpoint=path, step=None, method=None, pretrain_dataset=None,
+                  pretrain_image_size=None, format="torch state_dict")
+  else:
+    variables, description = portable.load(path)
+    model = description["model"]
+    source = dict(description["source"], checkpoint=path, format=portable.FORMAT,
+                  exported_from=description["source"].get("checkpoint"),
+                  pretrain_image_size=description["input"]["image_size"],
+                  input=description["input"])
+  model_config = _model_from(config, model)
+  _check_shapes(model_config, variables, path,
+                source["pretrain_image_size"] or 4 * _stride_hint(model_config))
+  return LoadedEncoder(model_config, variables, source)
+
+
+def _stride_hint(model_config) -> int:
+  return 32 if model_config.get("stem") == "imagenet" else 8
 
 
 def _check_shapes(model_config, variables, where: str, image_size: int) -> None:

@@ -4,6 +4,7 @@
   knn_eval     weighted kNN on frozen features of a checkpoint's encoder
   linear_eval  linear probe on frozen features (L-BFGS, or SGD on augmented crops)
   finetune     supervised fine-tuning of the encoder (few labels, frozen stages, scratch)
+  export       the encoder as portable msgpack + JSON and/or a torchvision state_dict
 
 A new job is a new module here plus one line below. Where a job's loop really
 differs from these (segmentation, domain adaptation), fork the nearest one
@@ -17,4 +18,5 @@ JOBS = Registry("job", "config.job", {
     "knn_eval": "sslx.jobs.knn_eval:run",
     "linear_eval": "sslx.jobs.linear_eval:run",
     "finetune": "sslx.jobs.finetune:run",
+    "export": "sslx.jobs.export:run",
 })

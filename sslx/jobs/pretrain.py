@@ -39,6 +39,8 @@ from sslx.core import progress as progress_lib
 from sslx.data import augment
 from sslx.data import views as views_lib
 from sslx.evaluation import features as features_lib
+from sslx.evaluation import few_label
+from sslx.evaluation import plots
 from sslx.models import init_variables as models_init
 
 PyTree = Any
@@ -216,11 +218,13 @@ class Trainer:
   def random_encoder_variables(self, seed: int):
     return models_init(self.method.encoder, seed + 1, self._eval_images)
 
-  def evaluate_encoders(self, encoders: dict[str, PyTree]) -> dict[str, dict[str, float]]:
+  def evaluate_encoders(self, encoders: dict[str, PyTree], few_label_subsets=None,
+                        features: dict | None = None) -> dict[str, dict[str, Any]]:
     """kNN and linear-probe accuracy on the test split for each named encoder.
 
     Features are extracted once per encoder (eval-mode BatchNorm, no
-    augmentation) and shared by both protocols.
+    augmentation) and shared by every protocol; pass a dict as `features` to
+    get them back ({name: {'train': (x, y), 'test': (x, y)}}).
     """
     c = self.config.eval
     if self._embed is None:  # one compilation for every encoder and every evaluation
@@ -231,15 +235,30 @@ class Trainer:
       extract = features_lib.FeatureExtractor(
           self.method.encoder, variables, data_config=self.config.data, mean=self.info.mean,
           std=self.info.std, mesh=self.mesh, dtype=self.dtype, embed_fn=self._embed)
-      results[name] = features_lib.evaluate_frozen(
+      results[name], feats = features_lib.evaluate_frozen(
           extract, num_classes=self.info.num_classes, batch_size=c.batch_size,
           knn_k=c.knn_k if c.knn else None, knn_temperature=c.knn_temperature,
-          linear=c.linear, max_train_examples=c.max_train_examples, seed=self.config.seed)
+          linear=c.linear, max_train_examples=c.max_train_examples, seed=self.config.seed,
+          few_label_subsets=few_label_subsets, few_label_l2=c.few_label_l2,
+          return_features=True)
+      if features is not None:
+        features[name] = feats
     return results
+
+  def scratch_baseline(self, few_label_subsets) -> dict[int, dict[str, Any]]:
+    """Test top-1 of the architecture trained from scratch on each few-label subset."""
+    c = self.config.eval
+    scratch = few_label.ScratchTrainer(
+        self.method.backbone, info=self.info, data_config=self.config.data, mesh=self.mesh,
+        config=c.scratch, dtype=self.dtype)
+    test_images = lambda: data.make_eval_iterator(
+        self.config.data, "test", batch_size=c.batch_size // jax.process_count())
+    return {n: scratch.evaluate(chosen[:c.scratch.draws], self.config.seed, test_images)
+            for n, chosen in few_label_subsets.items()}
 
 
 def final_evaluation(config, info: data.DatasetInfo, trainer: Trainer, state: TrainState,
-                     writer) -> dict | None:
+                     writer, features: dict | None = None) -> dict | None:
   """kNN and linear probe of the pretrained encoder, beside a random one; printed and logged."""
   if not (info.num_classes and info.test_split):
     logging.info("Skipping the final evaluation: %s has no labelled test split.",
@@ -249,18 +268,66 @@ def final_evaluation(config, info: data.DatasetInfo, trainer: Trainer, state: Tr
                                                              state.batch_stats)}
   if config.eval.compare_random_init:
     encoders["random_init"] = trainer.random_encoder_variables(config.seed)
-  results = trainer.evaluate_encoders(encoders)
+  few = few_label_subsets(config, info)
+  results = trainer.evaluate_encoders(encoders, few_label_subsets=few, features=features)
+  if few and config.eval.scratch.steps:
+    t0 = time.perf_counter()
+    results["scratch"] = {"few_label_scratch": trainer.scratch_baseline(few)}
+    logging.info("evaluation: the from-scratch baselines took %.1fs", time.perf_counter() - t0)
   writer.write_scalars(int(jax.device_get(state.step)), {
       f"eval/{protocol}_{name}_{metric}": value
-      for name, by_protocol in results.items()
-      for protocol, scores in by_protocol.items() for metric, value in scores.items()})
+      for name, by_protocol in results.items() for protocol, scores in by_protocol.items()
+      for metric, value in _scalars(scores).items()})
   titles = {"knn": f"kNN (k={config.eval.knn_k}, T={config.eval.knn_temperature})",
             "linear": "linear probe"}
   for protocol, title in titles.items():
     if protocol in results["pretrained"]:
-      summary = " | ".join(f"{name} {r[protocol]['top1']:.1%}" for name, r in results.items())
+      summary = " | ".join(f"{name} {r[protocol]['top1']:.1%}" for name, r in results.items()
+                           if protocol in r)
       print(f"{title} top-1 on {config.data.dataset} {info.test_split}: {summary}", flush=True)
+  if few:
+    print(few_label_table(config, info, results), flush=True)
   return results
+
+
+def few_label_subsets(config, info: data.DatasetInfo) -> dict[int, list] | None:
+  """{N: the few-label draws' indices into the (capped) train split}, or None when off."""
+  c = config.eval
+  if not c.few_labels:
+    return None
+  labels = data.subsets.read_labels(config.data, info.train_split)[:c.max_train_examples]
+  return {int(n): few_label.draw_subsets(labels, int(n), c.few_label_draws, config.seed)
+          for n in sorted(set(c.few_labels))}
+
+
+def few_label_table(config, info: data.DatasetInfo, results: dict) -> str:
+  """The few-label rows as main.py prints them: one row per encoder, one column per N."""
+  c = config.eval
+  shots = sorted(set(c.few_labels))
+  rows = [(f"linear probe, {name}", r["few_label_linear"], c.few_label_draws)
+          for name, r in results.items() if "few_label_linear" in r]
+  if "scratch" in results:
+    rows.append(("from scratch (labels only)", results["scratch"]["few_label_scratch"],
+                 min(c.scratch.draws, c.few_label_draws)))
+  width = max(len(row[0]) for row in rows)
+  lines = [f"few labels, top-1 on {config.data.dataset} {info.test_split} "
+           f"(columns: labelled images per class; mean of the draws):",
+           f"  {'labels per class':<{width}}  " + "  ".join(f"{n:>6}" for n in shots)]
+  for title, by_n, draws in rows:
+    cells = "  ".join(f"{by_n[n]['top1']:>6.1%}" for n in shots)
+    lines.append(f"  {title:<{width}}  {cells}   ({draws} draw{'s' if draws > 1 else ''})")
+  return "\n".join(lines)
+
+
+def _scalars(scores: dict, prefix: str = "") -> dict[str, float]:
+  """Flattens nested results ({'top1': .., } or {N: {'top1': ..}}) to TensorBoard scalars."""
+  out = {}
+  for key, value in scores.items():
+    if isinstance(value, dict):
+      out.update(_scalars(value, f"{prefix}{key}_"))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      out[f"{prefix}{key}"] = value
+  return out
 
 
 def periodic_evaluation(config, info, trainer: Trainer, state: TrainState, writer,
@@ -306,6 +373,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.write_hparams(_flatten(config.to_dict()))
   progress = progress_lib.Progress(writer, total_steps=config.train_steps, start_step=start_step,
                                    global_batch_size=config.batch_size)
+  metrics_log = progress_lib.MetricsLog(
+      os.path.join(workdir, plots.METRICS_FILE) if jax.process_index() == 0 else None,
+      start_step)
   batches = data.make_pretrain_iterator(config.data, trainer.view_groups,
                                         global_batch_size=config.batch_size, seed=config.seed,
                                         start_step=start_step)
@@ -335,6 +405,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if done % config.log_every_steps == 0 or is_last:
           last_scalars = progress.report(
               done, {k: v for k, v in metrics.items() if k not in hidden})
+          metrics_log.append(done, last_scalars)
           collapse.check(done, last_scalars)
         if save:
           ckpt.save(state, config)
@@ -359,8 +430,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results = {"step": int(jax.device_get(state.step)), "final_metrics": last_scalars,
              "checkpoint": f"{ckpt.directory}/{ckpt.latest_step()}"}
 
+  features = {}
   if config.eval.knn or config.eval.linear:
-    results["eval"] = final_evaluation(config, info, trainer, state, writer)
+    results["eval"] = final_evaluation(config, info, trainer, state, writer, features)
+  if config.plots.enabled and jax.process_index() == 0:
+    t0 = time.perf_counter()
+    results["plots"] = plots.draw_run(config, info, workdir, features)
+    logging.info("drew %s in %.1fs", ", ".join(results["plots"].values()),
+                 time.perf_counter() - t0)
   writer.flush()
   ckpt.close()
   if jax.process_index() == 0:

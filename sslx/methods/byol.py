@@ -46,6 +46,7 @@ class Method(base.SSLMethod):
         "projector_dim": config_validation.POSITIVE_INT,
         "predictor_hidden_dim": config_validation.POSITIVE_INT,
         "tau_base": config_validation.UNIT_INTERVAL,
+        "predictor_learning_rate_multiplier": config_validation.POSITIVE,
     }, prefix="byol.")
 
   def __init__(self, config):
@@ -103,6 +104,16 @@ class Method(base.SSLMethod):
     metrics = {"byol_cosine": 1.0 - jnp.mean(per_example) / 4.0}
     return loss, base.LossOutput(batch_stats=stats, method_state=new_state, features=feat1,
                                  embeddings=proj1, metrics=metrics)
+
+  def param_groups(self):
+    # A predictor that adapts faster than the encoder keeps BYOL away from
+    # (dimensional) collapse (Tian et al., 2021, DirectPred, Sec. 5; SimSiam
+    # keeps its predictor's rate fixed for the same reason).
+    multiplier = self.config.byol.predictor_learning_rate_multiplier
+    return {} if multiplier == 1.0 else {"predictor": base.ParamGroup(multiplier)}
+
+  def param_group(self, path):
+    return "predictor" if path[0] == "predictor" else None
 
   def ema_rate(self, step):
     return schedules.cosine_ema_rate(step, self.config.train_steps, self.config.byol.tau_base)

@@ -1,0 +1,131 @@
+"""Few-label evaluation: what pretraining buys when only N images per class are labelled.
+
+Label efficiency is self-supervision's promise (SimCLR, Chen et al., 2020,
+Sec. 6 and Table 7; BYOL Table 2: 1% and 10% of ImageNet's labels). For each
+N in `labels_per_class`, and each of `draws` random labelled subsets
+(`sslx.data.subsets.stratified_subset`, seeds seed..seed+draws-1, the same
+images for every encoder):
+
+  * linear probe: multinomial logistic regression (L-BFGS) on frozen features
+    of the N x C labelled images, standardised with the mean and std of the
+    whole train split's features (which needs no labels), at a fixed L2
+    strength: with one image per class there is nothing to hold out for
+    choosing it;
+  * from scratch: the same architecture, randomly initialised, trained with
+    labels only (cross-entropy, SGD + Nesterov, random crops) on those
+    images: the supervised baseline pretraining has to beat.
+
+Accuracies are the mean (and standard deviation) over the draws, on the
+whole test split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sslx import data
+from sslx.core import mesh as mesh_lib
+from sslx.data import subsets
+from sslx.evaluation import features as features_lib
+from sslx.evaluation import linear_probe
+from sslx.evaluation.metrics import top1_top5
+
+# With 1-10 images per class there is no held-out set to choose the L2
+# strength on; 1e-2 (on standardised features, mean cross-entropy) is the
+# middle of the full probe's grid, not a tuned value (`eval.few_label_l2`).
+DEFAULT_L2 = 1e-2
+
+
+def draw_subsets(train_labels: np.ndarray, per_class: int, draws: int,
+                 seed: int) -> list[np.ndarray]:
+  """`draws` stratified subsets of `per_class` labelled images each (indices into the split)."""
+  return [subsets.stratified_subset(train_labels, per_class=per_class, seed=seed + d)
+          for d in range(draws)]
+
+
+def linear_few_label(train_x: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                     train_y: np.ndarray, chosen: list[np.ndarray], *, num_classes: int,
+                     l2: float = DEFAULT_L2) -> dict[str, float]:
+  """Mean/std test top-1 of logistic regressions fitted on each subset in `chosen`."""
+  mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+  x = jnp.asarray((train_x - mean) / std, jnp.float32)
+  tx = jnp.asarray((test_x - mean) / std, jnp.float32)
+  scores = []
+  for indices in chosen:
+    params = linear_probe.fit_logistic_regression(x[indices], jnp.asarray(train_y[indices]), l2,
+                                                  num_classes=num_classes)
+    logits = np.asarray(tx @ params["w"] + params["b"])
+    scores.append(top1_top5(logits, test_y, num_classes)["top1"])
+  return _summary(scores)
+
+
+def _summary(scores) -> dict[str, Any]:
+  return {"top1": float(np.mean(scores)), "top1_std": float(np.std(scores)),
+          "draws": len(scores), "per_draw": [float(s) for s in scores]}
+
+
+class ScratchTrainer:
+  """Trains the encoder architecture from random init on a few labelled images.
+
+  One jitted step (compiled once) serves every subset: a fixed batch of
+  `batch_size` crops drawn with replacement from the subset, `steps` steps,
+  the fine-tuning job's step function and head (sslx/jobs/finetune.py).
+  """
+
+  def __init__(self, backbone, *, info, data_config, mesh, config: ml_collections.ConfigDict,
+               dtype=jnp.float32):
+    from sslx.jobs import finetune  # pylint: disable=import-outside-toplevel  (jobs import us)
+    self.finetune, self.backbone, self.info = finetune, backbone, info
+    self.data_config, self.mesh, self.config, self.dtype = data_config, mesh, config, dtype
+    self.encoder = backbone.module(dtype)
+    self.head = finetune.ClassifierHead(info.num_classes)
+    self._step = None
+    self._embed = features_lib.make_embed_fn(self.encoder, info.mean, info.std, dtype)
+
+  def _state_and_tx(self, seed: int):
+    size = self.data_config.image_size
+    k_encoder, k_head = jax.random.split(jax.random.PRNGKey(seed))
+    enc = self.encoder.init(k_encoder, jnp.zeros((1, size, size, 3)), train=False)
+    head = self.head.init(k_head, jnp.zeros((1, self.backbone.feature_dim)), train=False)
+    params = {"encoder": enc["params"], "head": head["params"]}
+    c = self.config
+    tx = self.finetune.create_optimizer(
+        params, backbone=self.backbone, frozen_groups=0,
+        peak_lr=c.base_learning_rate * c.batch_size / 256, backbone_lr_ratio=1.0,
+        weight_decay=c.weight_decay, momentum=0.9, warmup_steps=0, train_steps=c.steps)
+    state = self.finetune.State.create(params, {"encoder": enc["batch_stats"],
+                                                "head": head["batch_stats"]}, tx.init(params))
+    return mesh_lib.replicate(state, self.mesh), tx
+
+  def test_accuracy(self, indices: np.ndarray, seed: int, test_images) -> float:
+    """Test top-1 after training from scratch on the train images `indices`."""
+    state, tx = self._state_and_tx(seed)
+    if self._step is None:  # the optimizer's structure is the same for every subset
+      self._step = jax.jit(self.finetune.make_train_step(
+          self.encoder, self.head, tx, self.info.mean, self.info.std, self.dtype),
+          donate_argnums=0)
+    views = ml_collections.ConfigDict({"v1": self.config.view})
+    batches = data.make_pretrain_iterator(
+        self.data_config, views, global_batch_size=self.config.batch_size, seed=seed,
+        split=self.info.train_split, indices=indices)
+    for _ in range(self.config.steps):
+      state, _ = self._step(state, mesh_lib.to_global(next(batches), self.mesh))
+    state = jax.device_get(state)
+    variables = mesh_lib.replicate(
+        {"params": state.params["encoder"], "batch_stats": state.batch_stats["encoder"]},
+        self.mesh)
+    feats = features_lib.extract_features(lambda x: self._embed(variables, x), test_images(),
+                                          self.mesh)
+    logits = np.asarray(self.head.apply({"params": state.params["head"],
+                                         "batch_stats": state.batch_stats["head"]},
+                                        jnp.asarray(feats[0]), train=False))
+    return top1_top5(logits, feats[1], self.info.num_classes)["top1"]
+
+  def evaluate(self, chosen: list[np.ndarray], seed: int, test_images) -> dict[str, Any]:
+    return _summary([self.test_accuracy(indices, seed + d, test_images)
+                     for d, indices in enumerate(chosen)])
