@@ -128,6 +128,9 @@ def load_encoder(path: str, step: int | None = None, *, image_size: int | None =
   """
   from sslx.data import datasets  # pylint: disable=import-outside-toplevel
   from sslx.evaluation import transfer  # pylint: disable=import-outside-toplevel
+  if path in (transfer.RANDOM, transfer.SCRATCH):
+    raise errors.ConfigError(f"load_encoder({path!r}): give a pretraining workdir, a step, an "
+                             "export or a .pt; a random encoder is models.create_encoder's.")
   config = ml_collections.ConfigDict({
       "checkpoint": os.path.expanduser(path), "checkpoint_step": step,
       "model": {"name": None, "width": None, "stem": None, "zero_init_residual": None}})

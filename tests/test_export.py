@@ -157,6 +157,8 @@ def test_load_encoder_gives_features_maps_and_preprocessing(tmp_path, pretrained
   np.testing.assert_allclose(encoder(images / 255.0), features, atol=1e-5)
   with pytest.raises(errors.ConfigError, match=r"\[N, H, W, 3\]"):
     encoder(np.zeros((2, 28, 28, 4), np.uint8))
+  with pytest.raises(errors.ConfigError, match="give a pretraining workdir"):
+    sslx.load_encoder("random")
   # The same encoder from a step directory and from its portable export.
   again = sslx.load_encoder(os.path.join(pretrained, "checkpoints", "2"))
   np.testing.assert_allclose(again(images), features, atol=1e-6)
