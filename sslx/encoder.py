@@ -132,8 +132,7 @@ def load_encoder(path: str, step: int | None = None, *, image_size: int | None =
     raise errors.ConfigError(f"load_encoder({path!r}): give a pretraining workdir, a step, an "
                              "export or a .pt; a random encoder is models.create_encoder's.")
   config = ml_collections.ConfigDict({
-      "checkpoint": os.path.expanduser(path), "checkpoint_step": step,
-      "model": {"name": None, "width": None, "stem": None, "zero_init_residual": None}})
+      "checkpoint": os.path.expanduser(path), "checkpoint_step": step, "model": {}})
   loaded = transfer.load_backbone(config)
   source = dict(loaded.source)
   inputs = source.pop("input", None)

@@ -72,9 +72,10 @@ def _summary(scores) -> dict[str, Any]:
 class ScratchTrainer:
   """Trains the encoder architecture from random init on a few labelled images.
 
-  One jitted step (compiled once) serves every subset: a fixed batch of
-  `batch_size` crops drawn with replacement from the subset, `steps` steps,
-  the fine-tuning job's step function and head (sslx/jobs/finetune.py).
+  One jitted step (compiled once) serves every subset: `steps` steps of
+  `batch_size` random crops from the subset's images, repeated and shuffled
+  by the pretraining pipeline, with the fine-tuning job's step function and
+  head (sslx/jobs/finetune.py).
   """
 
   def __init__(self, backbone, *, info, data_config, mesh, config: ml_collections.ConfigDict,

@@ -142,7 +142,7 @@ FILES = {"curves": "training_curves.png", "embedding_map": "embedding_map.png",
          "retrievals": "retrievals.png"}
 
 
-def draw_run(config, info, workdir: str, features: dict) -> dict[str, str]:
+def draw_run(config, workdir: str, features: dict) -> dict[str, str]:
   """Every picture of a finished pretraining run that its data allows; returns their paths.
 
   `features` is the final evaluation's {encoder name: {'train': (x, y),
@@ -163,11 +163,11 @@ def draw_run(config, info, workdir: str, features: dict) -> dict[str, str]:
     embedding_map(test, labels, paths["embedding_map"], seed=config.seed,
                   title=f"{name}: test features", max_points=c.tsne_max_points)
     paths["retrievals"] = os.path.join(workdir, FILES["retrievals"])
-    _retrievals(config, info, features["pretrained"], paths["retrievals"], name)
+    _retrievals(config, features["pretrained"], paths["retrievals"], name)
   return paths
 
 
-def _retrievals(config, info, feats, path: str, name: str) -> None:
+def _retrievals(config, feats, path: str, name: str) -> None:
   from sslx import data  # pylint: disable=import-outside-toplevel
   c = config.plots
   (bank_x, bank_y), (test_x, test_y) = feats["train"], feats["test"]
@@ -175,20 +175,17 @@ def _retrievals(config, info, feats, path: str, name: str) -> None:
       len(test_x), min(c.retrieval_queries, len(test_x)), replace=False))
   neighbours = nearest_neighbours(bank_x, test_x[queries], min(c.retrieval_neighbours,
                                                                 len(bank_x)))
-  used = np.unique(neighbours)
-  query_images = _images(data, config.data, info.test_split, queries)
-  bank_images = dict(zip(used, _images(data, config.data, info.train_split, used)))
-  ordered = np.stack([bank_images[i] for i in used])
-  position = {i: p for p, i in enumerate(used)}
-  retrieval_grid(query_images, ordered, np.vectorize(position.get)(neighbours), path,
+  used = np.unique(neighbours)  # sorted: the order the images are read in
+  query_images = _images(data, config.data, "test", queries)
+  bank_images = _images(data, config.data, "train", used)
+  retrieval_grid(query_images, bank_images, np.searchsorted(used, neighbours), path,
                  query_labels=test_y[queries], bank_labels=bank_y[used],
                  title=f"{name}: nearest training images (cosine, pretrained features)")
 
 
 def _images(data, data_config, split: str, indices: np.ndarray) -> np.ndarray:
-  """The centre-cropped uint8 images of `split` at `indices`, in that order."""
-  kind = "test" if split != "train" else "train"
-  batches = data.make_eval_iterator(data_config, kind, batch_size=256, indices=indices,
+  """The centre-cropped uint8 images at sorted `indices` of 'train' or 'test', in that order."""
+  batches = data.make_eval_iterator(data_config, split, batch_size=256, indices=indices,
                                     process_index=0, process_count=1)
   images = [b["image"][b["mask"]] for b in batches]
   return np.concatenate(images)

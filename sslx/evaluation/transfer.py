@@ -148,13 +148,9 @@ def _load_export(config, path: str, step: int | None) -> LoadedEncoder:
                   pretrain_image_size=description["input"]["image_size"],
                   input=description["input"])
   model_config = _model_from(config, model)
-  _check_shapes(model_config, variables, path,
-                source["pretrain_image_size"] or 4 * _stride_hint(model_config))
+  if source["pretrain_image_size"]:  # (torch_resnet.load checked its own tree's shapes)
+    _check_shapes(model_config, variables, path, source["pretrain_image_size"])
   return LoadedEncoder(model_config, variables, source)
-
-
-def _stride_hint(model_config) -> int:
-  return 32 if model_config.get("stem") == "imagenet" else 8
 
 
 def _check_shapes(model_config, variables, where: str, image_size: int) -> None:

@@ -26,9 +26,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from sslx import errors
+from sslx import models
 from sslx.models import resnet
 
 # torch BatchNorm field <- flax BatchNorm field (params: scale/bias, batch_stats: mean/var).
@@ -153,10 +157,6 @@ def from_state_dict(state_dict: dict[str, Any]) -> tuple[dict, dict[str, Any]]:
 
 
 def _template(model: dict[str, Any]):
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  from sslx import models  # pylint: disable=import-outside-toplevel
   encoder = models.create_encoder(ml_collections.ConfigDict(model))
   size = 4 * resnet.total_stride(model["stem"])
   return jax.eval_shape(lambda: encoder.init(jax.random.PRNGKey(0),

@@ -32,11 +32,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise errors.ConfigError("config.checkpoint must name a pretraining workdir, one of its "
                              "steps, an export or a .pt state_dict to export.")
   encoder = encoder_lib.load_encoder(config.checkpoint, config.checkpoint_step)
-  pretrain_workdir = os.path.dirname(os.path.dirname(encoder.source["checkpoint"]))
-  if os.path.abspath(workdir) == pretrain_workdir:
-    raise errors.ConfigError(f"--workdir is the pretraining workdir {pretrain_workdir}; give the "
-                             "export its own directory.")
-  os.makedirs(workdir, exist_ok=True)
+  transfer.check_workdir(workdir, encoder)  # beside, never into, the pretraining run
   rng = np.random.default_rng(0)
   probe = rng.integers(0, 256, (8, encoder.image_size, encoder.image_size, 3), np.uint8)
   reference = encoder(probe)

@@ -435,7 +435,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results["eval"] = final_evaluation(config, info, trainer, state, writer, features)
   if config.plots.enabled and jax.process_index() == 0:
     t0 = time.perf_counter()
-    results["plots"] = plots.draw_run(config, info, workdir, features)
+    results["plots"] = plots.draw_run(config, workdir, features)
     logging.info("drew %s in %.1fs", ", ".join(results["plots"].values()),
                  time.perf_counter() - t0)
   writer.flush()
