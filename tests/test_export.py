@@ -98,8 +98,9 @@ def test_torchvision_computes_the_same_features(name, stem, size, tmp_path):
   ours = np.asarray(encoder.apply(variables, x, train=False).pooled)
   assert theirs.shape == ours.shape == (8, encoder.feature_dim)
   assert np.abs(ours).mean() > 0.1  # real activations, not a vanishing network
-  # float32 rounding grows with depth: ResNet-18 measured 6.1e-6 (features up
-  # to 2.1); ResNet-50 at 64 px 2.0e-4 on features up to 4.8 (4.7e-5 at 224 px).
+  # float32 rounding grows with depth (experiments/torchvision_parity.py):
+  # ResNet-18 7e-6 (features up to 2.1); ResNet-50 at 64 px 2.0e-4 on features
+  # up to 4.8 (4.8e-5 at 224 px).
   scale = 1.0 if name == "resnet18" else max(1.0, float(np.abs(ours).max()))
   assert np.abs(theirs - ours).max() <= 1e-4 * scale
   # And back: a torchvision ResNet's own state_dict (fc included) is a fine-tuning start.
