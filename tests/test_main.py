@@ -9,9 +9,11 @@ import jax
 import numpy as np
 import pytest
 
+from configs import compare as compare_config_lib
 from configs import knn_eval as knn_eval_config
 from sslx.core import checkpointing
 from sslx import errors
+from sslx.jobs import compare as compare_job
 from sslx.jobs import knn_eval
 from sslx.jobs import pretrain
 from conftest import REPO, run_main as _main, tiny_config
@@ -58,6 +60,15 @@ def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir):
   assert events == pytest.approx({r["step"]: r["loss"] for r in logged}, rel=1e-6)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   assert sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) == [2, 4]
+  # The comparison job names the run by its config and shows its logged numbers.
+  assert results["command"].startswith("python main.py --config=configs/byol.py ")
+  assert 0 < results["wall_seconds"] < 3600
+  compare_config = compare_config_lib.get_config()
+  compare_config.runs = workdir
+  table = compare_job.run(compare_config, str(tmp_path / "cmp"))["files"]["table"]
+  pretrained = results["eval"]["pretrained"]
+  assert (f"| `byol.py` | 4 | {results['wall_seconds']:.0f} s | {pretrained['knn']['top1']:.1%} | "
+          f"{pretrained['linear']['top1']:.1%} |") in open(table).read()
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
 
   # An evaluator can read only the encoder, and it is the one that was trained.

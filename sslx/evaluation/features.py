@@ -79,8 +79,10 @@ def evaluate_frozen(extract: FeatureExtractor, *, num_classes: int, batch_size: 
                     few_label_l2: float | None = None, return_features: bool = False):
   """kNN (when knn_k is set) and linear-probe top-1/top-5 on the test split, same features.
 
-  `few_label_subsets` {N: [indices into the train split, one per draw]} adds
-  `few_label_linear`: {N: mean/std top-1 of probes fitted on those images only}.
+  `few_label_subsets` {N: [indices into the train split, one per draw]}, or a
+  function from the train labels to it (the labels come with the features, so
+  no separate pass over the split), adds `few_label_linear`: {N: mean/std
+  top-1 of probes fitted on those images only}.
   With `return_features`, returns (results, {'train': (x, y), 'test': (x, y)}).
   """
   clock = _Clock()
@@ -95,6 +97,8 @@ def evaluate_frozen(extract: FeatureExtractor, *, num_classes: int, batch_size: 
     results["linear"] = linear_probe.linear_probe_accuracy(
         train_x, train_y, test_x, test_y, num_classes=num_classes, seed=seed)
   clock.lap("kNN and linear probe")
+  if callable(few_label_subsets):
+    few_label_subsets = few_label_subsets(train_y)
   if few_label_subsets:
     from sslx.evaluation import few_label  # pylint: disable=import-outside-toplevel
     results["few_label_linear"] = {

@@ -5,6 +5,7 @@
   linear_eval  linear probe on frozen features (L-BFGS, or SGD on augmented crops)
   finetune     supervised fine-tuning of the encoder (few labels, frozen stages, scratch)
   export       the encoder as portable msgpack + JSON and/or a torchvision state_dict
+  compare      one Markdown table and one chart of finished runs' evaluations
 
 A new job is a new module here plus one line below. Where a job's loop really
 differs from these (segmentation, domain adaptation), fork the nearest one
@@ -19,4 +20,5 @@ JOBS = Registry("job", "config.job", {
     "linear_eval": "sslx.jobs.linear_eval:run",
     "finetune": "sslx.jobs.finetune:run",
     "export": "sslx.jobs.export:run",
+    "compare": "sslx.jobs.compare:run",
 })

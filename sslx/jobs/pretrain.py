@@ -14,6 +14,8 @@ exactly.
 
 import json
 import os
+import shlex
+import sys
 import time
 from typing import Any
 
@@ -24,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from sslx import data
@@ -268,8 +271,15 @@ def final_evaluation(config, info: data.DatasetInfo, trainer: Trainer, state: Tr
                                                              state.batch_stats)}
   if config.eval.compare_random_init:
     encoders["random_init"] = trainer.random_encoder_variables(config.seed)
-  few = few_label_subsets(config, info)
-  results = trainer.evaluate_encoders(encoders, few_label_subsets=few, features=features)
+  few = {}  # drawn once, from the train labels that come with the first encoder's features
+
+  def draw(labels):
+    if not few:
+      few.update(few_label_subsets(config, labels))
+    return few
+
+  results = trainer.evaluate_encoders(encoders, few_label_subsets=draw if config.eval.few_labels
+                                      else None, features=features)
   if few and config.eval.scratch.steps:
     t0 = time.perf_counter()
     results["scratch"] = {"few_label_scratch": trainer.scratch_baseline(few)}
@@ -290,12 +300,9 @@ def final_evaluation(config, info: data.DatasetInfo, trainer: Trainer, state: Tr
   return results
 
 
-def few_label_subsets(config, info: data.DatasetInfo) -> dict[int, list] | None:
-  """{N: the few-label draws' indices into the (capped) train split}, or None when off."""
+def few_label_subsets(config, labels: np.ndarray) -> dict[int, list]:
+  """{N: the few-label draws' indices into the (capped) train split, whose labels are `labels`}."""
   c = config.eval
-  if not c.few_labels:
-    return None
-  labels = data.subsets.read_labels(config.data, info.train_split)[:c.max_train_examples]
   return {int(n): few_label.draw_subsets(labels, int(n), c.few_label_draws, config.seed)
           for n in sorted(set(c.few_labels))}
 
@@ -344,6 +351,7 @@ def periodic_evaluation(config, info, trainer: Trainer, state: TrainState, write
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pretrains (or resumes) in `workdir`; returns final metrics and evaluation results."""
+  job_start = time.perf_counter()
   mesh_lib.initialize_distributed(config.distributed)
   mesh = mesh_lib.create_mesh(config.num_devices)
   info = validate_config(config, mesh.devices.size)
@@ -428,7 +436,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise
   ckpt.wait()
   results = {"step": int(jax.device_get(state.step)), "final_metrics": last_scalars,
-             "checkpoint": f"{ckpt.directory}/{ckpt.latest_step()}"}
+             "checkpoint": f"{ckpt.directory}/{ckpt.latest_step()}",
+             # What sslx.evaluation.compare names and groups runs by.
+             "method": config.method, "dataset": config.data.dataset,
+             "model": config.model.to_dict(), "command": _command_line()}
 
   features = {}
   if config.eval.knn or config.eval.linear:
@@ -440,11 +451,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  time.perf_counter() - t0)
   writer.flush()
   ckpt.close()
+  results["wall_seconds"] = time.perf_counter() - job_start  # this invocation's, resumes excluded
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "pretrain_results.json"), "w") as f:
       json.dump(results, f, indent=2)
   print(f"Checkpoint: {results['checkpoint']}", flush=True)
   return results
+
+
+def _command_line() -> str | None:
+  """The main.py command line that runs this job (None when called from Python)."""
+  if os.path.basename(sys.argv[0]) != "main.py":
+    return None
+  return shlex.join(["python", "main.py", *sys.argv[1:]])
 
 
 def _flatten(d, prefix=""):

@@ -1,0 +1,71 @@
+"""notebooks/sslx_colab.ipynb runs end to end on CPU, so a change that breaks it fails here.
+
+The notebook reads its parameters from SSLX_NB_* environment variables, which
+the kernel inherits: a tiny BYOL on the embedded digits, as TINY_FLAGS shrink
+the quick start.
+"""
+
+import base64
+import json
+import os
+
+import pytest
+
+from conftest import REPO
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOK = os.path.join(REPO, "notebooks", "sslx_colab.ipynb")
+
+TINY = {"model.width": 0.125, "data.image_size": 16, "batch_size": 16, "train_steps": 4,
+        "optimizer.warmup_epochs": 0.0, "byol.projector_hidden_dim": 32,
+        "byol.projector_dim": 16, "byol.predictor_hidden_dim": 32, "eval.batch_size": 256,
+        "eval.max_train_examples": 512, "eval.few_label_draws": 2, "eval.scratch.steps": 3,
+        "plots.tsne_max_points": 200, "log_every_steps": 2, "checkpoint_every_steps": 2,
+        "cpu_devices": 2}
+
+
+def _outputs(cell) -> str:
+  return "".join(o.get("text", "") for o in cell.get("outputs", []) if o["output_type"] == "stream")
+
+
+@pytest.mark.slow
+def test_colab_notebook_runs_on_cpu_and_reports_the_runs_own_numbers(tmp_path, monkeypatch):
+  workdir = str(tmp_path / "run")
+  overrides = dict(TINY, **{"data.data_dir": str(tmp_path / "tfds")})
+  monkeypatch.setenv("SSLX_NB_WORKDIR", workdir)
+  monkeypatch.setenv("SSLX_NB_OVERRIDES", json.dumps(overrides))
+  # Let the notebook split the host into devices itself, as on a fresh runtime.
+  monkeypatch.setenv("XLA_FLAGS", " ".join(
+      f for f in os.environ.get("XLA_FLAGS", "").split()
+      if not f.startswith("--xla_force_host_platform_device_count")))
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                          resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  text = "\n".join(_outputs(c) for c in code)
+  assert "platform cpu: 2 devices on 1 process(es)" in text
+  assert "mesh {'data': 2}" in text
+  assert "config: byol on mnist5k, resnet10 (width 0.125), batch 16 (8 per device), 4 steps" in text
+
+  results = json.load(open(os.path.join(workdir, "pretrain_results.json")))
+  assert results["step"] == 4
+  # The evaluation cell prints the run's own results, not other numbers.
+  for protocol in ("knn", "linear"):
+    shown = {name: f"{r[protocol]['top1']:.1%}" for name, r in results["eval"].items()
+             if protocol in r}
+    assert f"{protocol:>7}: {shown}" in text
+  assert "few_label_scratch [scratch]" in text
+  # The three pictures are displayed as PNGs.
+  images = [o for c in code for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+  assert len(images) == 3
+  for o in images:
+    assert base64.b64decode(o["data"]["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+  # The encoder, loaded back, feeds scikit-learn and exports.
+  assert "features (1000, " in text
+  assert "'stage4': (4, " in text
+  assert "logistic regression on 1,000 labelled digits" in text
+  description = json.load(open(os.path.join(workdir, "export", "encoder.json")))
+  assert description["model"]["width"] == 0.125
