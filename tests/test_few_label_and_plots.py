@@ -47,6 +47,7 @@ def test_byol_predictor_rate_reaches_the_trainers_optimizer():
 def test_a_method_without_groups_keeps_its_optimizer_state_layout():
   """Checkpoints written before param groups existed still restore: same tree for BYOL."""
   config = tiny_config("byol")
+  config.byol.predictor_learning_rate_multiplier = 1.0  # no groups (the mnist5k preset has one)
   trainer = pretrain.Trainer(config, _info(), _mesh())
   params = trainer.abstract_state().params
   method_tx = optim.OPTIMIZERS.get(config.optimizer.name)(config.optimizer, lambda s: 1.0)
