@@ -101,7 +101,8 @@ def test_checkpoint_of_another_method_architecture_or_size_is_named(tmp_path):
   mesh = mesh_lib.create_mesh(2)
   for bad, why in [
       (wider, "another architecture or optimizer (model.width=0.125 there, 0.25 here)"),
-      (adamw, "another architecture or optimizer (optimizer.name='lars' there, 'adamw' here)"),
+      (adamw, "another architecture or optimizer (optimizer.name="
+              f"{byol(tmp_path).optimizer.name!r} there, 'adamw' here)"),
       (heads, "online/params/model/predictor/dense0/kernel has shape (16, 32) there and "
               "(8, 32) here"),
       (config, None)]:
