@@ -18,12 +18,9 @@ import os
 import shlex
 from typing import Sequence
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+from sslx import errors
 
-from sslx import errors  # pylint: disable=wrong-import-position
-
+# The files the pretraining job and the transfer jobs write (they name them from here).
 PRETRAIN_FILE = "pretrain_results.json"
 EVAL_FILE = "eval_results.json"
 RANDOM_ROW, SCRATCH_ROW = "random init", "from scratch (labels only)"
@@ -105,13 +102,14 @@ def collect(workdirs: Sequence[str]) -> list[Row]:
       raise errors.ConfigError(
           f"{workdir} holds neither {PRETRAIN_FILE} (a finished pretraining run) nor "
           f"{EVAL_FILE} (a finished knn_eval, linear_eval or finetune run).")
+  from sslx.evaluation import transfer  # pylint: disable=import-outside-toplevel  (it imports us)
   extra = {}
   for workdir, results in transfers:
     checkpoint = str(results.get("checkpoint"))
     row = by_checkpoint_dir.get(os.path.dirname(checkpoint))
     if row is None:
-      title = {"random": RANDOM_ROW, "scratch": "supervised from scratch"}.get(checkpoint,
-                                                                              checkpoint)
+      title = {transfer.RANDOM: RANDOM_ROW, transfer.SCRATCH: "supervised from scratch"}.get(
+          checkpoint, checkpoint)
       row = extra.setdefault(title, Row(name=title, workdir=workdir))
     row.scores[_transfer_column(results)] = results["top1"]
   return rows + list(baselines.values()) + list(extra.values())
@@ -140,6 +138,9 @@ def markdown(rows: Sequence[Row]) -> str:
 
 def chart(rows: Sequence[Row], path: str, title: str = "") -> dict[str, list[float | None]]:
   """Grouped bars: one group per evaluation, one bar per encoder; returns what it drew."""
+  # matplotlib only here: the jobs that import this module for its file names need not load it.
+  from sslx.evaluation import plots  # pylint: disable=import-outside-toplevel  (selects Agg)
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   cols = columns(rows)
   drawn = {row.name: [row.scores.get(c) for c in cols] for row in rows}
   width = 0.8 / max(len(rows), 1)
@@ -157,7 +158,5 @@ def chart(rows: Sequence[Row], path: str, title: str = "") -> dict[str, list[flo
   if title:
     ax.set_title(title)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  plots.save_figure(fig, path)
   return drawn

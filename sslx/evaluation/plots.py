@@ -46,7 +46,7 @@ def training_curves(records: Sequence[dict], path: str,
   if title:
     fig.suptitle(title, fontsize=11)
   fig.tight_layout()
-  _save(fig, path)
+  save_figure(fig, path)
   return plotted
 
 
@@ -85,7 +85,7 @@ def embedding_map(features: dict[str, np.ndarray], labels: np.ndarray, path: str
   if title:
     fig.suptitle(title, fontsize=11)
   fig.tight_layout(rect=(0, 0, 0.93, 1))
-  _save(fig, path)
+  save_figure(fig, path)
   return coordinates
 
 
@@ -121,7 +121,7 @@ def retrieval_grid(query_images: np.ndarray, bank_images: np.ndarray, neighbours
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def _displayable(image: np.ndarray) -> np.ndarray:
@@ -131,7 +131,8 @@ def _displayable(image: np.ndarray) -> np.ndarray:
   return image
 
 
-def _save(fig, path: str) -> None:
+def save_figure(fig, path: str) -> None:
+  """Writes `fig` as a PNG at `path` (creating its folder) and frees it."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=DPI)
   plt.close(fig)

@@ -42,6 +42,7 @@ from sslx import models
 from sslx.core import checkpointing
 from sslx.core import mesh as mesh_lib
 from sslx.core import supervised_loop
+from sslx.evaluation import compare
 from sslx.evaluation import features as features_lib
 from sslx.export import portable
 from sslx.export import torch_resnet
@@ -289,7 +290,7 @@ def write_results(workdir: str, results: dict, summary: str) -> None:
   """eval_results.json, TensorBoard scalars (at the checkpoint's step) and one printed line."""
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "eval_results.json"), "w") as f:
+    with open(os.path.join(workdir, compare.EVAL_FILE), "w") as f:
       json.dump(results, f, indent=2)
     writer = metric_writers.SummaryWriter(workdir)
     scalars = {f"eval/{results['protocol']}_{k}": v for k, v in results.items()

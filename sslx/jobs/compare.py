@@ -26,9 +26,8 @@ from sslx.evaluation import compare
 FILES = {"table": "comparison.md", "chart": "comparison.png", "rows": "comparison.json"}
 
 
-def run_paths(runs) -> list[str]:
-  paths = runs.split(",") if isinstance(runs, str) else list(runs or ())
-  paths = [p.strip() for p in paths if p and p.strip()]
+def run_paths(runs: str) -> list[str]:
+  paths = [p.strip() for p in runs.split(",") if p.strip()]
   if not paths:
     raise errors.ConfigError("config.runs is empty; give the workdirs to compare, comma-separated: "
                              "--config.runs=/tmp/sslx_byol,/tmp/sslx_simclr.")

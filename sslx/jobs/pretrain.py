@@ -41,6 +41,7 @@ from sslx.core import preemption
 from sslx.core import progress as progress_lib
 from sslx.data import augment
 from sslx.data import views as views_lib
+from sslx.evaluation import compare
 from sslx.evaluation import features as features_lib
 from sslx.evaluation import few_label
 from sslx.evaluation import plots
@@ -453,7 +454,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpt.close()
   results["wall_seconds"] = time.perf_counter() - job_start  # this invocation's, resumes excluded
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "pretrain_results.json"), "w") as f:
+    with open(os.path.join(workdir, compare.PRETRAIN_FILE), "w") as f:
       json.dump(results, f, indent=2)
   print(f"Checkpoint: {results['checkpoint']}", flush=True)
   return results
