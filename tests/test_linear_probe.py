@@ -34,6 +34,22 @@ def test_solution_is_the_regularised_optimum():
   np.testing.assert_allclose(residual.sum(0), 0.0, atol=1e-4)
 
 
+def test_zero_weight_padding_leaves_the_optimum_unchanged():
+  """Padding to a shared size (one compilation for many subset sizes) fits the same model."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(50, 5)).astype(np.float32)
+  y = rng.integers(0, 3, size=50)
+  plain = linear_probe.fit_logistic_regression(x, y, 0.1, num_classes=3)
+  padded = linear_probe.fit_logistic_regression(x, y, 0.1, num_classes=3, pad_to=80)
+  for k in ("w", "b"):
+    np.testing.assert_allclose(np.asarray(padded[k]), np.asarray(plain[k]), atol=1e-5)
+  # A padding row that carried weight would pull b towards class 0: check it is not tiny.
+  wrong = linear_probe.fit_logistic_regression(
+      np.concatenate([x, np.zeros((30, 5), np.float32)]), np.concatenate([y, np.zeros(30, int)]),
+      0.1, num_classes=3)
+  assert np.max(np.abs(np.asarray(wrong["b"]) - np.asarray(plain["b"]))) > 0.05
+
+
 def test_l2_is_chosen_on_training_data_only():
   rng = np.random.default_rng(2)
   x = rng.normal(size=(300, 10))

@@ -153,13 +153,29 @@ def base_config() -> ml_collections.ConfigDict:
   # If the newest checkpoint cannot be restored (corrupt, truncated), resume
   # from the newest older one that can; the failing ones are renamed, not deleted.
   c.resume_from_older = False
-  c.distributed = False  # call jax.distributed.initialize() (multi-host)
+  # Several processes (hosts) in one run, through jax.distributed
+  # (sslx.core.mesh.initialize_distributed; README, "Several hosts").
+  c.distributed = ml_collections.ConfigDict(dict(
+      enabled=False,  # connect the processes before any device is used
+      # 'host:port' of process 0, the same on every process; None: JAX detects
+      # the cluster (Cloud TPU, SLURM, Open MPI, Kubernetes) and the next two.
+      coordinator_address=ml_collections.config_dict.placeholder(str),
+      num_processes=ml_collections.config_dict.placeholder(int),
+      process_id=ml_collections.config_dict.placeholder(int),  # 0 .. num_processes - 1
+      # The local GPUs this process drives, e.g. '0' for one process per GPU; None: all.
+      local_device_ids=ml_collections.config_dict.placeholder(str),
+      initialization_timeout=300,  # s to wait for every process to connect
+      # A process silent this long (killed, hung, its host down) stops the others.
+      heartbeat_timeout_seconds=100,
+  ))
   c.num_devices = ml_collections.config_dict.placeholder(int)  # None: all; N: the first N
-  # CPU-only hosts: XLA runs one device's step on about one core, so main.py
-  # splits the host into this many devices (data parallel over the cores,
-  # same results). 0: the most cores that divide batch_size and
-  # eval.batch_size. Ignored where XLA_FLAGS already sets a device count.
-  c.cpu_devices = 0
+  # CPU-only hosts: how many XLA devices main.py splits the host into (data
+  # parallel over them, same results). 1: one device whose convolutions (Eigen)
+  # and fusions use every core, 5-60% faster than one device per core for the
+  # quick starts (experiments/README.md, "CPU cores as XLA devices"); 0: the
+  # most cores that divide batch_size and eval.batch_size. Ignored where
+  # XLA_FLAGS already sets a device count.
+  c.cpu_devices = 1
   # CPU-only hosts: the library XLA runs convolutions with, 'eigen' (faster
   # here, sslx.core.mesh.choose_cpu_conv_backend) or 'ynnpack' (jaxlib's default).
   c.cpu_conv_backend = 'eigen'
@@ -180,11 +196,12 @@ def apply_dataset_preset(c: ml_collections.ConfigDict, preset: str, config_file:
     # The memory bank is 4,000 images (400 per class): k=200 would reach
     # half of a class, so use k=20.
     c.eval.knn_k = 20
-    # The supervised baseline of the few-label table: 150 steps of 64 crops
+    # The supervised baseline of the few-label table: 100 steps of 64 crops
     # (digits kept whole and unflipped, as in pretraining). 300 steps gave
-    # 24.1/75.0/88.3% at 1/5/10 labels per class, 150 steps 22.9/73.2/88.7%
-    # (experiments/README.md), in two thirds of the time.
-    c.eval.scratch.steps = 150
+    # 24.1/75.0/88.3% at 1/5/10 labels per class, 150 steps 22.9/73.2/88.7%,
+    # 100 steps 28.5/70.4/88.2% (experiments/README.md): one draw each, so
+    # within its noise, in a third of 300 steps' time.
+    c.eval.scratch.steps = 100
     c.eval.scratch.view.update(crop_area_min=0.5, flip_prob=0.0)
     c.log_every_steps = 50
     c.checkpoint_every_steps = 200

@@ -92,8 +92,8 @@ def base_transfer_config(job: str, preset: str, config_file: str) -> ml_collecti
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2
   c.nonfinite = ml_collections.ConfigDict(pretrain.nonfinite.to_dict())
-  c.distributed = pretrain.distributed
+  c.distributed = copy.deepcopy(pretrain.distributed)
   c.num_devices = placeholder(int)
-  c.cpu_devices = 0
+  c.cpu_devices = pretrain.cpu_devices  # as pretraining's (sslx/config/defaults.py)
   c.cpu_conv_backend = 'eigen'  # as pretraining's (sslx/config/defaults.py)
   return c

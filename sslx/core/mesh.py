@@ -22,18 +22,20 @@ DATA_AXIS = "data"
 
 
 def split_cpu_into_devices(config) -> None:
-  """Data parallelism over CPU cores: one XLA host device per core.
+  """Data parallelism over CPU cores: `config.cpu_devices` XLA host devices.
 
-  XLA's CPU backend keeps about one core busy per device for small convnets
-  (measured: a lone BYOL run used 1 of 2 cores; two devices ran the quick
-  start ~30% faster, experiments/README.md). This only affects the host
-  platform: on GPU/TPU machines jax.devices() is unchanged. It must run before
-  JAX initialises its backends (before the first jax.devices() or array).
+  1 (the default) keeps one device: with convolutions on Eigen its step uses
+  every core, and it ran the quick starts' steps 5-60% faster than one device
+  per core, whose cross-device BatchNorm and gradient all-reduces took 30% of
+  BYOL's step (experiments/README.md, "CPU cores as XLA devices"). 0 splits
+  the host into the most cores that divide the batch sizes. This only affects
+  the host platform: on GPU/TPU machines jax.devices() is unchanged. It must
+  run before JAX initialises its backends (before the first jax.devices()).
   """
   flags_now = os.environ.get("XLA_FLAGS", "")
   if "xla_force_host_platform_device_count" in flags_now:
     return
-  count = config.get("cpu_devices", 0)
+  count = config.get("cpu_devices", 1)
   if not count:
     batches = (config.batch_size, config.get("eval", {}).get("batch_size", config.batch_size))
     count = max(d for d in range(1, (os.cpu_count() or 1) + 1)
@@ -91,10 +93,73 @@ def _accelerator_plugin_installed() -> bool:
   return any(True for _ in pkgutil.iter_modules(jax_plugins.__path__))
 
 
-def initialize_distributed(enabled: bool) -> None:
-  """Multi-host: connect the processes before any device is touched."""
-  if enabled:
-    jax.distributed.initialize()
+_DISTRIBUTED_ARGS = ("coordinator_address", "num_processes", "process_id",
+                     "initialization_timeout", "heartbeat_timeout_seconds")
+
+
+def distributed_problems(section) -> list[str]:
+  """What is wrong with `config.distributed`, each naming the field and what is valid."""
+  if not section or not section.get("enabled"):
+    return []
+  problems = []
+  address = section.get("coordinator_address")
+  if address is not None:
+    host, _, port = str(address).rpartition(":")
+    if not host or not port.isdigit():
+      problems.append(f"config.distributed.coordinator_address={address!r}; it must be "
+                      "'host:port' (process 0's address and a free port), or None to let "
+                      "JAX detect the cluster.")
+  count, index = section.get("num_processes"), section.get("process_id")
+  if count is not None and (not isinstance(count, int) or count < 1):
+    problems.append(f"config.distributed.num_processes={count!r}; it must be an integer >= 1.")
+  elif index is not None and (not isinstance(index, int) or index < 0
+                              or (count is not None and index >= count)):
+    problems.append(f"config.distributed.process_id={index!r}; it must be an integer from 0 "
+                    f"to num_processes - 1{f' ({count - 1})' if count else ''}.")
+  if address is not None and (count is None or index is None):
+    problems.append("config.distributed.coordinator_address is set, so num_processes and "
+                    "process_id must be too (the same num_processes on every process, "
+                    "its own process_id on each).")
+  for name in ("initialization_timeout", "heartbeat_timeout_seconds"):
+    value = section.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      problems.append(f"config.distributed.{name}={value!r}; it must be an integer > 0 (seconds).")
+  ids = section.get("local_device_ids")
+  if ids is not None and not all(p.strip().isdigit() for p in str(ids).split(",")):
+    problems.append(f"config.distributed.local_device_ids={ids!r}; it must be comma-separated "
+                    "device numbers, e.g. '0' or '0,1', or None for all local devices.")
+  return problems
+
+
+def initialize_distributed(section) -> None:
+  """Several processes: connect them (`config.distributed`) before any device is used.
+
+  With `enabled` and no `coordinator_address`, JAX detects the cluster
+  (Cloud TPU, SLURM, Open MPI, Kubernetes). Elsewhere (a plain multi-node GPU
+  cluster, several processes on one machine) every process names process
+  0's 'host:port' and the process count, and its own id. A process that stops
+  answering for `heartbeat_timeout_seconds` ends the others' runs.
+  """
+  if not section or not section.get("enabled"):
+    return
+  problems = distributed_problems(section)
+  if problems:
+    raise errors.ConfigError(" ".join(problems))
+  if jax.distributed.is_initialized():  # a notebook or test that connected already
+    return
+  kwargs = {name: section.get(name) for name in _DISTRIBUTED_ARGS
+            if section.get(name) is not None}
+  ids = section.get("local_device_ids")
+  if ids is not None:
+    kwargs["local_device_ids"] = [int(p) for p in str(ids).split(",")]
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (RuntimeError, ValueError) as e:  # no cluster detected, coordinator unreachable
+    raise errors.ConfigError(
+        f"jax.distributed.initialize({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) "
+        f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}. Set "
+        "config.distributed.coordinator_address, num_processes and process_id where JAX "
+        "cannot detect the cluster, or distributed.enabled=False for one process.") from e
 
 
 def create_mesh(num_devices: int | None = None) -> Mesh:

@@ -101,10 +101,11 @@ def evaluate_frozen(extract: FeatureExtractor, *, num_classes: int, batch_size: 
     few_label_subsets = few_label_subsets(train_y)
   if few_label_subsets:
     from sslx.evaluation import few_label  # pylint: disable=import-outside-toplevel
+    largest = max(len(indices) for chosen in few_label_subsets.values() for indices in chosen)
     results["few_label_linear"] = {
         n: few_label.linear_few_label(train_x, test_x, test_y, train_y, chosen,
                                       num_classes=num_classes,
-                                      l2=few_label_l2 or few_label.DEFAULT_L2)
+                                      l2=few_label_l2 or few_label.DEFAULT_L2, pad_to=largest)
         for n, chosen in few_label_subsets.items()}
     clock.lap("few-label probes")
   if return_features:

@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from sslx import data
+from sslx.core import compile_once
 from sslx.core import mesh as mesh_lib
 from sslx.data import subsets
 from sslx.evaluation import features as features_lib
@@ -50,15 +51,19 @@ def draw_subsets(train_labels: np.ndarray, per_class: int, draws: int,
 
 def linear_few_label(train_x: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                      train_y: np.ndarray, chosen: list[np.ndarray], *, num_classes: int,
-                     l2: float = DEFAULT_L2) -> dict[str, float]:
-  """Mean/std test top-1 of logistic regressions fitted on each subset in `chosen`."""
+                     l2: float = DEFAULT_L2, pad_to: int | None = None) -> dict[str, float]:
+  """Mean/std test top-1 of logistic regressions fitted on each subset in `chosen`.
+
+  Every fit is padded to `pad_to` rows (default: the largest subset), so all
+  share one compilation; the padding has zero weight.
+  """
   mean, std = train_x.mean(0), train_x.std(0) + 1e-6
   x = jnp.asarray((train_x - mean) / std, jnp.float32)
   tx = jnp.asarray((test_x - mean) / std, jnp.float32)
-  scores = []
+  scores, largest = [], pad_to or max(len(indices) for indices in chosen)
   for indices in chosen:
     params = linear_probe.fit_logistic_regression(x[indices], jnp.asarray(train_y[indices]), l2,
-                                                  num_classes=num_classes)
+                                                  num_classes=num_classes, pad_to=largest)
     logits = np.asarray(tx @ params["w"] + params["b"])
     scores.append(top1_top5(logits, test_y, num_classes)["top1"])
   return _summary(scores)
@@ -85,31 +90,32 @@ class ScratchTrainer:
     self.data_config, self.mesh, self.config, self.dtype = data_config, mesh, config, dtype
     self.encoder = backbone.module(dtype)
     self.head = finetune.ClassifierHead(info.num_classes)
-    self._step = None
     self._embed = features_lib.make_embed_fn(self.encoder, info.mean, info.std, dtype)
-
-  def _state_and_tx(self, seed: int):
-    size = self.data_config.image_size
-    k_encoder, k_head = jax.random.split(jax.random.PRNGKey(seed))
-    enc = self.encoder.init(k_encoder, jnp.zeros((1, size, size, 3)), train=False)
-    head = self.head.init(k_head, jnp.zeros((1, self.backbone.feature_dim)), train=False)
-    params = {"encoder": enc["params"], "head": head["params"]}
-    c = self.config
-    tx = self.finetune.create_optimizer(
-        params, backbone=self.backbone, frozen_groups=0,
+    c = config
+    self.tx = finetune.create_optimizer(
+        jax.eval_shape(self._init_params, jax.random.PRNGKey(0))[0], backbone=backbone, frozen_groups=0,
         peak_lr=c.base_learning_rate * c.batch_size / 256, backbone_lr_ratio=1.0,
         weight_decay=c.weight_decay, momentum=0.9, warmup_steps=0, train_steps=c.steps)
-    state = self.finetune.State.create(params, {"encoder": enc["batch_stats"],
-                                                "head": head["batch_stats"]}, tx.init(params))
-    return mesh_lib.replicate(state, self.mesh), tx
+    # One compilation each serves every subset (same shapes, new seed).
+    self._init = compile_once.jit(self._init_state)
+    self._step = jax.jit(finetune.make_train_step(self.encoder, self.head, self.tx, info.mean,
+                                                  info.std, dtype), donate_argnums=0)
+
+  def _init_params(self, key):
+    size = self.data_config.image_size
+    k_encoder, k_head = jax.random.split(key)
+    enc = self.encoder.init(k_encoder, jnp.zeros((1, size, size, 3)), train=False)
+    head = self.head.init(k_head, jnp.zeros((1, self.backbone.feature_dim)), train=False)
+    return ({"encoder": enc["params"], "head": head["params"]},
+            {"encoder": enc["batch_stats"], "head": head["batch_stats"]})
+
+  def _init_state(self, key):
+    params, batch_stats = self._init_params(key)
+    return self.finetune.State.create(params, batch_stats, self.tx.init(params))
 
   def test_accuracy(self, indices: np.ndarray, seed: int, test_images) -> float:
     """Test top-1 after training from scratch on the train images `indices`."""
-    state, tx = self._state_and_tx(seed)
-    if self._step is None:  # the optimizer's structure is the same for every subset
-      self._step = jax.jit(self.finetune.make_train_step(
-          self.encoder, self.head, tx, self.info.mean, self.info.std, self.dtype),
-          donate_argnums=0)
+    state = mesh_lib.replicate(self._init(jax.random.PRNGKey(seed)), self.mesh)
     views = ml_collections.ConfigDict({"v1": self.config.view})
     batches = data.make_pretrain_iterator(
         self.data_config, views, global_batch_size=self.config.batch_size, seed=seed,

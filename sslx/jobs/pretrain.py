@@ -34,6 +34,7 @@ from sslx import errors
 from sslx import methods
 from sslx.config import validation as config_validation
 from sslx.core import checkpointing
+from sslx.core import compile_once
 from sslx.core import health
 from sslx.core import mesh as mesh_lib
 from sslx.core import optim
@@ -151,7 +152,7 @@ class Trainer:
     return jax.eval_shape(self._init_state, jax.random.PRNGKey(0))
 
   def init_state(self, seed: int) -> TrainState:
-    init = jax.jit(self._init_state, out_shardings=self.state_sharding)
+    init = compile_once.jit(self._init_state, out_shardings=self.state_sharding)
     return init(jax.random.PRNGKey(seed))
 
   def _train_step(self, state: TrainState, batch: dict[str, jax.Array]):

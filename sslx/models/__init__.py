@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sslx.core import compile_once
 from sslx.models.backbone import Backbone, BackboneOutput
 from sslx.models.heads import MLP
 from sslx.models.resnet import (LAYER_GROUPS, STEMS, VARIANTS, BasicBlock, Bottleneck, ResNet,
@@ -72,7 +73,7 @@ def init_variables(module: nn.Module, seed: int, images: jax.Array) -> dict:
   """Freshly initialised (eval-mode) variables of `module`, in one compiled call.
 
   Op by op, `init` compiles every initializer separately: about 5 s for a
-  ResNet-10 on CPU, against one short compilation here.
+  ResNet-10 on CPU, against one short compilation here (sslx/core/compile_once.py).
   """
-  init = jax.jit(functools.partial(module.init, train=False))
+  init = compile_once.jit(functools.partial(module.init, train=False))
   return dict(init(jax.random.PRNGKey(seed), images))
