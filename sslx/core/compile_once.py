@@ -1,10 +1,10 @@
 """Functions that run once per job (initialisers), compiled for compile speed.
 
 XLA:CPU spends most of an initialiser's compilation optimising the threefry
-random-number code of every parameter, then runs the result once: 7.1 s to
-compile and run a ResNet-10 `init` on this project's 2-core CPU, 1.9 s
-without the backend's optimisations (experiments/README.md, "Where a quick
-start's minutes go"). The values differ from the optimised program's only
+random-number code of every parameter, then runs the result once: 5.3 s to
+compile and run the quick start's ResNet-10 `init` on a 2-core CPU, 1.4 s
+without the backend's optimisations (experiments/init_compile.py;
+experiments/README.md, "Where a quick start's minutes go"). The values differ from the optimised program's only
 in float32 rounding (a relative 2.4e-7 at most, measured), so a seed still
 fixes the run.
 Accelerators compile these programs fast already and are left alone.
