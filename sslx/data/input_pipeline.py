@@ -488,4 +488,10 @@ def _finish(ds: tf.data.Dataset, data_config: Any) -> tf.data.Dataset:
     ds = ds.prefetch(tf.data.AUTOTUNE if prefetch < 0 else int(prefetch))
   options = tf.data.Options()
   options.deterministic = True
+  # No autotuning model. Its thread sleeps between optimisations for up to a
+  # minute, and destroying the iterator waits for it to wake: the quick starts
+  # sat idle for 16-36 s at exit. Without it, AUTOTUNE parallelism is the
+  # host's core count, and the pipeline's rate was unchanged (experiments/
+  # README.md, "Five minutes: 20 px digits").
+  options.autotune.enabled = False
   return ds.with_options(options)
