@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 from sslx import errors
 from sslx.config import overrides
+from sslx.core import compile_once
 from sslx.core import mesh
 from sslx.core import preemption
 from sslx.core import quiet_noise
@@ -42,6 +43,7 @@ def main(argv):
   try:
     mesh.split_cpu_into_devices(config)
     mesh.choose_cpu_conv_backend(config)
+    compile_once.enable_persistent_cache(config)
     JOBS.get(job)(config, _WORKDIR.value)
   except errors.Preempted as e:
     logging.warning("%s", e)

@@ -89,3 +89,44 @@ def test_one_compilation_per_argument_shape(monkeypatch):
     assert float(double(jnp.full((3,), value))[0]) == 2 * value
   double(jnp.zeros((4,)))
   assert len(lowered) == 2  # shapes (3,) and (4,)
+
+
+_CACHE_PROBE = """
+import json, sys
+import jax, jax.numpy as jnp, ml_collections
+from sslx.core import compile_once
+used = compile_once.enable_persistent_cache(
+    ml_collections.ConfigDict({"compilation_cache_dir": sys.argv[1]}))
+jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).block_until_ready()
+print(json.dumps({"used": used, "jax": jax.config.jax_compilation_cache_dir}))
+"""
+
+
+def _probe_cache(tmp_path, directory, **env_extra):
+  import json  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env.update(HOME=str(tmp_path / "home"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **env_extra)
+  out = subprocess.run([sys.executable, "-c", _CACHE_PROBE, directory], env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_persistent_cache_goes_where_the_config_says(tmp_path):
+  # '~' is the user's home; the compiled program is written there.
+  got = _probe_cache(tmp_path, "~/cache")
+  assert got["used"] == got["jax"] == str(tmp_path / "home" / "cache")
+  assert os.listdir(tmp_path / "home" / "cache")
+  assert defaults.base_config().compilation_cache_dir == "~/.cache/sslx/xla"
+
+
+def test_an_empty_cache_dir_turns_it_off_and_the_environment_wins(tmp_path):
+  assert _probe_cache(tmp_path, "")["used"] is None
+  assert not (tmp_path / "home").exists()
+  env_dir = str(tmp_path / "from_env")
+  got = _probe_cache(tmp_path, str(tmp_path / "from_config"), JAX_COMPILATION_CACHE_DIR=env_dir)
+  assert got["used"] == env_dir and os.listdir(env_dir)
+  assert not (tmp_path / "from_config").exists()

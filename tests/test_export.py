@@ -125,7 +125,7 @@ def test_portable_export_reads_back_with_flax_alone(tmp_path, pretrained):
   description = json.load(open(paths["description"]))
   assert description["format"] == portable.FORMAT
   assert description["model"] == encoder.model and description["feature_dim"] == encoder.feature_dim
-  assert description["input"]["image_size"] == 28
+  assert description["input"]["image_size"] == 20
   # A fresh interpreter with only flax and numpy, no sslx import:
   script = ("import flax.serialization, numpy as np, sys; "
             f"v = flax.serialization.msgpack_restore(open({paths['variables']!r}, 'rb').read()); "
@@ -140,9 +140,9 @@ def test_portable_export_reads_back_with_flax_alone(tmp_path, pretrained):
 def test_load_encoder_gives_features_maps_and_preprocessing(tmp_path, pretrained):
   encoder = sslx.load_encoder(pretrained)
   assert encoder.source["step"] == 2 and encoder.source["method"] == "byol"
-  assert encoder.image_size == 28 and encoder.mean == (0.1307,) * 3
+  assert encoder.image_size == 20 and encoder.mean == (0.1307,) * 3
   rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (5, 28, 28, 3), np.uint8)
+  images = rng.integers(0, 256, (5, 20, 20, 3), np.uint8)  # the preset's size: no resize
   features = encoder(images, batch_size=2)  # batching must not change anything
   assert features.shape == (5, encoder.feature_dim) and features.dtype == np.float32
   # Against the flax module on hand-normalised input.
@@ -151,7 +151,7 @@ def test_load_encoder_gives_features_maps_and_preprocessing(tmp_path, pretrained
   np.testing.assert_allclose(features, reference.pooled, atol=1e-5)
   maps = encoder.feature_maps(images)
   assert set(maps) == {"stem", "stage1", "stage2", "stage3", "stage4"}
-  assert maps["stage4"].shape[:3] == (5, 4, 4)
+  assert maps["stage4"].shape[:3] == (5, 3, 3)  # 20 -> 10 -> 5 -> 3
   # Grey [N, H, W, 1] and a single [H, W, 3] image are accepted; floats are [0, 1].
   np.testing.assert_allclose(encoder(images[..., :1]), encoder(np.repeat(images[..., :1], 3, -1)))
   np.testing.assert_allclose(encoder(images[0]), features[0], atol=1e-5)

@@ -96,4 +96,5 @@ def base_transfer_config(job: str, preset: str, config_file: str) -> ml_collecti
   c.num_devices = placeholder(int)
   c.cpu_devices = pretrain.cpu_devices  # as pretraining's (sslx/config/defaults.py)
   c.cpu_conv_backend = 'eigen'  # as pretraining's (sslx/config/defaults.py)
+  c.compilation_cache_dir = pretrain.compilation_cache_dir  # likewise
   return c

@@ -81,6 +81,7 @@ TOP_LEVEL = {
     "cpu_devices": NON_NEGATIVE_INT,
     "cpu_conv_backend": one_of(*mesh.CPU_CONV_BACKENDS),
     "resume_from_older": BOOL,
+    "compilation_cache_dir": (lambda v: isinstance(v, str), "a directory, or '' for no cache"),
     "data.image_size": POSITIVE_INT,
     "data.eval_crop_fraction": OPEN_UNIT_INTERVAL,
     "data.shuffle_buffer": POSITIVE_INT,
