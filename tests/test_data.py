@@ -458,5 +458,5 @@ def test_pipelines_run_without_the_autotuning_model():
       lambda x: x * 2, num_parallel_calls=tf.data.AUTOTUNE), data_config)
   options = ds.options()
   assert options.autotune.enabled is False and options.deterministic is True
-  # AUTOTUNE parallelism still works (it becomes the host's core count).
+  # AUTOTUNE parallelism still works (at tf.data's starting value).
   assert list(ds.as_numpy_iterator()) == [2 * i for i in range(8)]

@@ -490,8 +490,9 @@ def _finish(ds: tf.data.Dataset, data_config: Any) -> tf.data.Dataset:
   options.deterministic = True
   # No autotuning model. Its thread sleeps between optimisations for up to a
   # minute, and destroying the iterator waits for it to wake: the quick starts
-  # sat idle for 16-36 s at exit. Without it, AUTOTUNE parallelism is the
-  # host's core count, and the pipeline's rate was unchanged (experiments/
-  # README.md, "Five minutes: 20 px digits").
+  # sat idle for 16-36 s at exit. Without it, AUTOTUNE parallelism keeps
+  # tf.data's starting value (bounded by the host's threads), and the
+  # pipeline's rate did not drop (experiments/README.md, "Five minutes: 20 px
+  # digits").
   options.autotune.enabled = False
   return ds.with_options(options)
