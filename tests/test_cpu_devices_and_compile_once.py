@@ -4,7 +4,10 @@ config.cpu_devices becomes an XLA flag (read once, when the backend starts),
 so these tests check the flag, not the devices of this process.
 """
 
+import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -103,9 +106,6 @@ print(json.dumps({"used": used, "jax": jax.config.jax_compilation_cache_dir}))
 
 
 def _probe_cache(tmp_path, directory, **env_extra):
-  import json  # pylint: disable=import-outside-toplevel
-  import subprocess  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   env.update(HOME=str(tmp_path / "home"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **env_extra)
