@@ -96,7 +96,9 @@ def dataset_info(config) -> data.DatasetInfo:
   """The config's dataset, or a stand-in of its size when it is not on disk (step only)."""
   try:
     return data.get_dataset_info(config.data)
-  except errors.DatasetNotAvailableError as e:
+  except (errors.DatasetNotAvailableError, ImportError) as e:
+    # ImportError: no TensorFlow (an accelerator image with JAX only), which
+    # the step measurement does not need; `input` and `end_to_end` do.
     logging.warning("%s; using a synthetic stand-in for the step measurement.", e)
     name = config.data.dataset
     return data.DatasetInfo(
@@ -119,11 +121,26 @@ def _timed(fn, seconds: float, warmup: int) -> tuple[int, float]:
       return calls, elapsed
 
 
-def _flops(compiled) -> float | None:
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else None
-  return float(analysis["flops"]) if analysis and "flops" in analysis else None
+def _flops(lowered, compiled) -> float | None:
+  """Model FLOPs of one step of the whole (global-batch) program, or None.
+
+  From the lowered program, before the backend rewrites it, where JAX gives
+  that analysis (jax 0.10 does on CPU; jax 0.11.2 on an H200 gave none).
+  Otherwise from the compiled program, except on GPU: XLA:GPU's compiled cost
+  analysis leaves out convolutions and matmuls that run as library calls
+  (cuDNN, cuBLAS), and counted a ResNet-50 BYOL image at 1.2 GFLOPs instead of
+  64. FLOPs do not depend on the device: the same command on CPU gives them.
+  """
+  def count(analysis):
+    if isinstance(analysis, (list, tuple)):
+      analysis = analysis[0] if analysis else None
+    return float(analysis["flops"]) if analysis and analysis.get("flops") else None
+
+  flops = count(lowered.cost_analysis())
+  if flops is None and jax.devices()[0].platform != "gpu":
+    flops = count(compiled.cost_analysis())  # per device under SPMD
+    flops = flops * jax.device_count() if flops else None
+  return flops
 
 
 def _peak_memory() -> tuple[str, int]:
@@ -137,18 +154,51 @@ def _peak_memory() -> tuple[str, int]:
 _NOT_OPERATIONS = re.compile(r"^\$|\s|^(PjitFunction|Rendezvous|ThunkExecutor)")
 
 
+def _kind(name: str) -> str:
+  """`transpose_copy_fusion.3` -> `transpose_copy_fusion`; cuDNN's kernels by pass."""
+  library_pass = re.search(r"(fprop|dgrad|wgrad)", name)
+  if library_pass and ("xmma" in name or "cudnn" in name):
+    return f"cuDNN conv {library_pass.group(1)}"
+  return re.sub(r"([._]\d+)+$", "", name)
+
+
+def _operation_events(events: list) -> list:
+  """The trace's executed operations: device kernels where there is a device line.
+
+  On GPU the trace's device process has one line per CUDA stream (the
+  kernels, which do not nest) beside lines of XLA ops and modules that span
+  them; on TPU its `XLA Ops` line holds the operations. On CPU everything runs
+  in the host process, whose wrappers (`$`-prefixed Python, names with spaces,
+  PjRt execution spans) are not operations.
+  """
+  processes = {e["pid"]: e["args"]["name"] for e in events
+               if e.get("ph") == "M" and e.get("name") == "process_name"}
+  threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  devices = {pid for pid, name in processes.items() if name.startswith("/device:")}
+  complete = [e for e in events if e.get("ph") == "X"]
+  if devices:
+    lines = {key for key, name in threads.items() if key[0] in devices}
+    streams = {key for key in lines if threads[key].startswith("Stream")}
+    chosen = streams or {key for key in lines if threads[key] == "XLA Ops"}
+    return [e for e in complete if (e["pid"], e.get("tid")) in chosen]
+  return [e for e in complete if not _NOT_OPERATIONS.search(e.get("name", ""))]
+
+
 def profile_step(run_step, directory: str, top: int = 12) -> dict:
   """Traces one call of run_step() and sums the trace's operation time by kind.
 
   XLA names each executed operation `<kind>.<id>` (`ynn_fusion.12`,
   `transpose_copy_fusion.3`, `all-reduce.7`; GPU kernels are named likewise
   or after their library call). Summing over ids gives where the step's time
-  goes. With several devices (or threads) operations overlap, so the total is
-  device-time, not wall time.
+  goes. With several devices, streams or threads operations overlap, so the
+  total is device-time, not wall time; `step_ms` is the traced call's wall time.
   """
   before = set(glob.glob(os.path.join(directory, "**", "*.trace.json.gz"), recursive=True))
   with jax.profiler.trace(directory, create_perfetto_trace=True):
+    start = time.perf_counter()
     run_step()
+    step_ms = (time.perf_counter() - start) * 1e3
   traces = set(glob.glob(os.path.join(directory, "**", "*.trace.json.gz"), recursive=True))
   new = sorted(traces - before)
   if not new:
@@ -157,16 +207,14 @@ def profile_step(run_step, directory: str, top: int = 12) -> dict:
     trace = json.load(f)
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
   by_kind, counts = collections.Counter(), collections.Counter()
-  for event in events:
-    if event.get("ph") != "X" or _NOT_OPERATIONS.search(event.get("name", "")):
-      continue
-    kind = re.sub(r"[.:]\d+$", "", event["name"])
+  for event in _operation_events(events):
+    kind = _kind(event["name"])
     by_kind[kind] += event.get("dur", 0)
     counts[kind] += 1
   total = sum(by_kind.values())
-  return {"trace": new[-1], "op_time_ms": round(total / 1e3, 1), "top": [
-      {"kind": kind, "share": round(t / total, 3), "ms": round(t / 1e3, 1), "count": counts[kind]}
-      for kind, t in by_kind.most_common(top)]}
+  return {"trace": new[-1], "step_ms": round(step_ms, 1), "op_time_ms": round(total / 1e3, 1),
+          "top": [{"kind": kind, "share": round(t / total, 3), "ms": round(t / 1e3, 1),
+                   "count": counts[kind]} for kind, t in by_kind.most_common(top)]}
 
 
 def main(argv):
@@ -191,7 +239,7 @@ def main(argv):
     base["xla_flags"] = os.environ.get("XLA_FLAGS", "")
   rows, rates = [], {}
 
-  trainer = state = batch = compiled = None
+  trainer = state = batch = lowered = compiled = None
   if {"step", "end_to_end"} & set(_WHAT.value):
     trainer = pretrain.Trainer(config, info, mesh)
     state = trainer.init_state(config.seed)
@@ -203,7 +251,8 @@ def main(argv):
         "label": rng.integers(0, 10, (local,), dtype=np.int32),
         "index": np.arange(local, dtype=np.int32)}, mesh)
     start = time.perf_counter()
-    compiled = trainer.train_step.lower(state, batch).compile()
+    lowered = trainer.train_step.lower(state, batch)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - start
 
   def emit(what, calls, elapsed, **extra):
@@ -223,12 +272,11 @@ def main(argv):
       holder["state"], metrics = compiled(holder["state"], batch)
       jax.block_until_ready(metrics["loss"])
     calls, elapsed = _timed(step, _SECONDS.value, _WARMUP.value)
-    # XLA's cost analysis of the SPMD program is per device.
-    flops_step = _flops(compiled)
-    flops_image = flops_step * devices / config.batch_size if flops_step else None
+    flops_step = _flops(lowered, compiled)  # the global batch's
+    flops_image = flops_step / config.batch_size if flops_step else None
     step_s = elapsed / calls
     peak = peak_flops(device, config.dtype)
-    mfu = flops_step / step_s / peak if flops_step and peak else None
+    mfu = flops_step / devices / step_s / peak if flops_step and peak else None
     memory_key, memory = _peak_memory()
     emit("step", calls, elapsed, compile_s=round(compile_s, 2), step_ms=round(step_s * 1e3, 2),
          gflops_per_image=round(flops_image / 1e9, 3) if flops_image else None,

@@ -1,13 +1,19 @@
 """Progress a person can follow: a terminal line and TensorBoard scalars."""
 
+from __future__ import annotations
+
 import json
 import os
 import time
 
+from typing import TYPE_CHECKING
+
 from absl import logging
-from clu import metric_writers
 import jax
 import numpy as np
+
+if TYPE_CHECKING:  # clu's writers import TensorFlow; the trainer must import without it
+  from clu import metric_writers
 
 
 def _duration(seconds: float) -> str:

@@ -1,37 +1,35 @@
 """Input pipeline: the dataset registry, the embedded mnist5k and tf.data.
 
-Importing this package hides every GPU from TensorFlow, so that tf.data runs on
-the host CPU and TensorFlow never allocates accelerator memory that JAX needs,
-and registers the `mnist5k` TFDS builder.
+`import sslx.data` is cheap and needs no TensorFlow: the pipeline's names
+below are loaded on first use. The device-side pieces (`views`, `augment`) and
+the trainer that uses them import without TensorFlow, so a train step can be
+built and measured on an accelerator image that has JAX but no TensorFlow
+(experiments/gpu_check.sh). The first use imports TensorFlow through
+`sslx.data.host_tf`, which hides every GPU from it, and registers the
+`mnist5k` TFDS builder.
 """
 
-import logging as _logging
+import importlib
 
-import tensorflow as _tf
+from sslx.data.info import DatasetInfo
 
-try:
-  _tf.config.set_visible_devices([], "GPU")
-except RuntimeError as _e:
-  # TensorFlow already initialised its devices (someone used TF first); it
-  # can no longer be changed, so say so instead of failing the import.
-  _logging.getLogger(__name__).warning(
-      "Could not hide GPUs from TensorFlow (%s); tf.data may reserve GPU "
-      "memory. Import sslx.data before using TensorFlow.", _e)
+# name -> submodule that defines it (each imports TensorFlow).
+_LAZY = {
+    "get_dataset_info": "datasets",
+    "make_eval_iterator": "input_pipeline",
+    "make_pretrain_iterator": "input_pipeline",
+    "num_eval_batches": "input_pipeline",
+    "subsets": None,  # the submodule itself
+}
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
-from sslx.data import mnist5k  # Registers the 'mnist5k' TFDS builder.
-from sslx.data import subsets
-from sslx.data.datasets import DatasetInfo
-from sslx.data.datasets import get_dataset_info
-from sslx.data.input_pipeline import make_eval_iterator
-from sslx.data.input_pipeline import make_pretrain_iterator
-from sslx.data.input_pipeline import num_eval_batches
 
-__all__ = [
-    "DatasetInfo",
-    "get_dataset_info",
-    "make_eval_iterator",
-    "make_pretrain_iterator",
-    "num_eval_batches",
-    "subsets",
-]
+def __getattr__(name: str):
+  if name not in _LAZY:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  module = importlib.import_module(f"{__name__}.{_LAZY[name] or name}")
+  value = module if _LAZY[name] is None else getattr(module, name)
+  globals()[name] = value  # later lookups skip __getattr__
+  return value
+
+
+__all__ = ["DatasetInfo", *_LAZY]

@@ -26,11 +26,12 @@ import os
 from typing import Any, Callable
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 # Imported for its side effect: registering the mnist5k TFDS builder.
 from sslx.data import mnist5k  # pylint: disable=unused-import
+from sslx.data.host_tf import tf
+from sslx.data.info import DatasetInfo
 from sslx.errors import ConfigError, DatasetNotAvailableError
 
 # Normalisation constants for images scaled to [0, 1].
@@ -48,32 +49,6 @@ MNIST_STD = (0.3081,) * 3
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _FOLDER_TEST_NAMES = ("test", "val", "validation")
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What the rest of sslx needs to know about a dataset.
-
-  Attributes:
-    name: the name as given in the config ('mnist5k', 'cifar10',
-      'npz:/p/f.npz', 'folder:/p').
-    num_classes: number of classes; None when the dataset has no labels.
-    num_train_examples: size of the pretraining split (turns epochs into steps).
-    pretrain_split: split used for pretraining ('train+unlabelled' for stl10).
-    train_split: labelled training split (kNN memory bank, probes); None if
-      the dataset is unlabelled.
-    test_split: evaluation split; None when there is none.
-    mean: RGB mean of images scaled to [0, 1].
-    std: RGB standard deviation of images scaled to [0, 1].
-  """
-  name: str
-  num_classes: int | None
-  num_train_examples: int
-  pretrain_split: str
-  train_split: str | None
-  test_split: str | None
-  mean: tuple[float, float, float]
-  std: tuple[float, float, float]
 
 
 @dataclasses.dataclass(frozen=True)

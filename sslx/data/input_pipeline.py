@@ -36,9 +36,9 @@ from typing import Any, Iterator
 
 import jax
 import numpy as np
-import tensorflow as tf
 
 from sslx.data import datasets
+from sslx.data.host_tf import tf
 from sslx.data import views as views_lib
 from sslx.errors import ConfigError
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from sslx.data import datasets
 from sslx.errors import ConfigError
 
 
@@ -55,6 +54,9 @@ def stratified_subset(labels: np.ndarray, *, fraction: float | None = None,
 
 def read_labels(data_config: Any, split: str) -> np.ndarray:
   """All labels of `split` (a dataset split name), in stored order, without decoding images."""
+  # Imported here: the subsets above need no TensorFlow, and neither does the
+  # trainer that imports this module.
+  from sslx.data import datasets  # pylint: disable=g-import-not-at-top
   src = datasets.load_split(data_config, split, process_index=0, process_count=1)
   labels = src.dataset.map(lambda ex: ex["label"]).batch(8192)
   return np.concatenate([np.zeros([0], np.int32), *labels.as_numpy_iterator()])

@@ -8,6 +8,8 @@ linear probe) on the same features, as pretraining's final and periodic
 evaluations do.
 """
 
+from __future__ import annotations
+
 import time
 from typing import Any, Callable
 

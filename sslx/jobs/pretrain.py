@@ -12,6 +12,8 @@ queue). Everything that changes is in TrainState, so a resumed run continues
 exactly.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import shlex
@@ -20,7 +22,6 @@ import time
 from typing import Any
 
 from absl import logging
-from clu import metric_writers
 import flax
 import flax.linen as nn
 import jax
@@ -377,6 +378,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_step = int(jax.device_get(state.step))
 
   # TensorBoard event files from process 0; the terminal gets Progress's one line.
+  # Imported here: clu's writers import TensorFlow, which the Trainer above
+  # does not need (experiments/benchmark.py --what=step runs without it).
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   writer = (metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
             if jax.process_index() == 0 else metric_writers.MultiWriter([]))
   if start_step == 0:

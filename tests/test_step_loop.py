@@ -1,0 +1,54 @@
+"""The pretraining loop keeps the accelerator busy: one compilation, no per-step host waits.
+
+On a GPU or TPU a step is dispatched asynchronously; anything that brings a
+device value to the host inside the loop makes the host wait for that step
+and leaves the device idle while the next batch is prepared. The loop may
+fetch only the one-step-late health flag (two scalars of the previous step)
+and, on logged steps, the logged scalars.
+"""
+
+import jax
+import numpy as np
+
+from sslx.jobs import pretrain
+from conftest import tiny_config
+
+STEPS, LOG_EVERY = 8, 4
+
+
+def test_train_step_compiles_once_and_the_loop_fetches_only_scalars(tmp_path, monkeypatch):
+  trainers = []
+
+  class Recording(pretrain.Trainer):
+
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      trainers.append(self)
+
+  fetched = []  # the sizes of the leaves of every explicit device -> host fetch
+  real_device_get = jax.device_get
+
+  def counting_device_get(tree):
+    fetched.append([int(np.size(leaf)) for leaf in jax.tree.leaves(tree)])
+    return real_device_get(tree)
+
+  monkeypatch.setattr(pretrain, "Trainer", Recording)
+  monkeypatch.setattr(jax, "device_get", counting_device_get)
+  config = tiny_config(train_steps=STEPS, log_every_steps=LOG_EVERY, checkpoint_every_steps=100)
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.eval.update(knn=False, linear=False, few_labels=())
+  config.plots.enabled = False
+  # Implicit transfers (float(x), np.asarray(x), `if x:` on a device value)
+  # raise: every fetch in the run is an explicit, counted device_get.
+  with jax.transfer_guard_device_to_host("disallow"):
+    results = pretrain.run(config, str(tmp_path / "run"))
+
+  assert results["step"] == STEPS
+  (trainer,) = trainers
+  assert trainer.train_step._cache_size() == 1  # pylint: disable=protected-access
+  # No fetch of anything bigger than a scalar (no embeddings, no parameters).
+  assert all(size == 1 for sizes in fetched for size in sizes), fetched
+  # Per step one fetch (the previous step's flag), per logged step one more,
+  # and a few around the loop (start step, the last step's check, the save).
+  logged = STEPS // LOG_EVERY
+  assert STEPS <= len(fetched) <= STEPS + logged + 4, len(fetched)
