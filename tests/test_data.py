@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 
 from sslx.config import defaults as config_defaults
 from sslx import data
+from sslx.data import datasets
 from sslx.data import mnist5k
 from sslx.data import views as views_lib
 from sslx.errors import ConfigError, DatasetNotAvailableError
@@ -332,6 +333,53 @@ def test_folder_datasets(tmp_path):
     data.get_dataset_info(_configs(f"folder:{tmp_path / 'empty'}")[0])
   with pytest.raises(DatasetNotAvailableError, match="does not exist"):
     data.get_dataset_info(_configs(f"folder:{tmp_path / 'nope'}")[0])
+
+
+def test_folder_skips_broken_images_and_names_them(tmp_path, caplog):
+  root = tmp_path / "photos"
+  rng = np.random.default_rng(0)
+  for i in range(4):  # whole JPEGs of noise (noise does not compress: long files)
+    os.makedirs(root / "a", exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (40, 30 + i, 3), np.uint8)).save(root / "a" / f"{i}.jpg")
+  whole = (root / "a" / "0.jpg").read_bytes()
+  (root / "a" / "cut.jpg").write_bytes(whole[:len(whole) // 2])  # a download cut short
+  (root / "a" / "empty.jpg").write_bytes(b"")
+  (root / "a" / "notes.png").write_text("not an image")
+  # Bytes after the end marker (some cameras append metadata) are fine.
+  (root / "a" / "trailer.jpg").write_bytes(whole + b"\0" * 100)
+  dc, views = _configs(f"folder:{root}", image_size=8)
+  with caplog.at_level("WARNING"):
+    info = data.get_dataset_info(dc)
+  assert info.num_train_examples == 5
+  warning = " ".join(r.getMessage() for r in caplog.records if "Skipping" in r.getMessage())
+  assert "Skipping 3 of 8 files" in warning
+  for name in ("cut.jpg", "empty.jpg", "notes.png"):
+    assert name in warning
+  assert "trailer.jpg" not in warning and "0.jpg" not in warning
+  # Training reads past every epoch boundary without meeting a broken file.
+  batches = _take(_pretrain(dc, views, 4), 4)
+  assert sorted(set(np.concatenate([b["index"] for b in batches]))) == [0, 1, 2, 3, 4]
+
+
+def test_decoded_images_are_cached_only_where_they_fit_in_memory(tmp_path, caplog, monkeypatch):
+  from sslx.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "photos"
+  for i in range(6):
+    _write_png(str(root / f"{i}.jpg"), (20, 10), 30 * i)  # 20 x 10 px: 600 bytes decoded
+  dc, views = _configs(f"folder:{root}", image_size=8)
+  src = datasets.load_split(dc, "train", process_index=0, process_count=1)
+  assert src.decoded_bytes == 6 * 600
+  with caplog.at_level("INFO"):
+    ref = _take(_pretrain(dc, views, 2), 4)
+  assert any("Caching the decoded images" in r.getMessage() for r in caplog.records)
+  caplog.clear()
+  # A host whose quarter is smaller than the split: no cache, a warning, the same stream.
+  monkeypatch.setattr(input_pipeline, "_host_memory_bytes", lambda: 4 * 6 * 600 - 4)
+  with caplog.at_level("INFO"):
+    uncached = _take(_pretrain(dc, views, 2), 4)
+  message = " ".join(r.getMessage() for r in caplog.records)
+  assert "Not caching the decoded images" in message and "Caching the" not in message
+  _assert_same_batches(ref, uncached)
 
 
 def test_tfds_cifar10_with_mock_data(tmp_path):

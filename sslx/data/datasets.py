@@ -19,12 +19,14 @@ into RGB so that every encoder takes RGB and transfers across datasets.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import difflib
 import functools
 import os
 from typing import Any, Callable
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -99,6 +101,7 @@ class SplitSource:
   image_shape: tuple[int | None, int | None, int]
   index_start: int = 0
   index_stride: int = 1
+  decoded_bytes: int | None = None  # estimate of this shard's decoded uint8 images
 
 
 def get_dataset_info(data_config: Any) -> DatasetInfo:
@@ -210,8 +213,10 @@ def load_split(data_config: Any, split: str, *, process_index: int,
     if shape[-1] not in (1, 3):
       raise ConfigError(f"{arg} has {shape[-1]}-channel images; sslx needs 1 "
                         "(grey) or 3 (RGB).")
-    return SplitSource(ds, int(ds.cardinality()), total,
-                       image_feature.decode_example, shape, index_start, 1)
+    count = int(ds.cardinality())
+    decoded = count * int(np.prod(shape)) if None not in shape else None
+    return SplitSource(ds, count, total, image_feature.decode_example, shape, index_start, 1,
+                       decoded)
 
   if kind == "npz":
     arrays = _load_npz(arg)
@@ -238,8 +243,13 @@ def load_split(data_config: Any, split: str, *, process_index: int,
     decode, shape = _decode_file, (None, None, 3)
   total = len(ds) if max_examples is None else min(max_examples, len(ds))
   ds = ds.take(total).shard(process_count, process_index)
-  return SplitSource(ds, len(range(process_index, total, process_count)), total,
-                     decode, tuple(shape), process_index, process_count)
+  count = len(range(process_index, total, process_count))
+  if decode is None:
+    decoded = int(x.nbytes) * count // max(len(x), 1)
+  else:
+    decoded = count * _mean_decoded_bytes(tuple(paths))
+  return SplitSource(ds, count, total, decode, tuple(shape), process_index, process_count,
+                     decoded)
 
 
 def _checked(indices: np.ndarray, size: int, split: str) -> np.ndarray:
@@ -271,6 +281,21 @@ def _tfds_subset(name: str, data_config: Any, split: str, indices: np.ndarray,
   return SplitSource(ds, len(range(process_index, total, process_count)), total,
                      image_feature.decode_example, tuple(image_feature.shape),
                      process_index, process_count)
+
+
+@functools.lru_cache(maxsize=8)
+def _mean_decoded_bytes(paths: tuple[str, ...], sample: int = 64) -> int:
+  """Mean decoded RGB size of `sample` images spread over `paths`, from their headers alone."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  chosen = [paths[i] for i in np.linspace(0, len(paths) - 1, min(sample, len(paths)), dtype=int)]
+  sizes = []
+  for path in chosen:
+    try:
+      with Image.open(path) as image:  # reads the header, not the pixels
+        sizes.append(image.size[0] * image.size[1] * 3)
+    except OSError:
+      continue  # tf.data's decoder may still read it; this is only an estimate
+  return int(np.mean(sizes)) if sizes else 0
 
 
 def _decode_file(path: tf.Tensor) -> tf.Tensor:
@@ -464,6 +489,49 @@ def _images_in(directory: str) -> list[str]:
       and os.path.isfile(os.path.join(directory, f)))
 
 
+# A whole JPEG starts with SOI (FF D8 FF) and ends with EOI (FF D9), which
+# cannot occur inside its entropy-coded data (an FF there is followed by 00 or
+# a restart marker), so an EOI near the end means the file was not cut short.
+# A whole PNG starts with its signature and ends with the IEND chunk.
+_JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND"
+_TAIL_BYTES = 1024  # room for padding or metadata some cameras append after EOI
+
+
+def _whole_image(path: str) -> bool:
+  """True if `path` is a JPEG or PNG whose start and end are both there (two small reads)."""
+  try:
+    with open(path, "rb") as f:
+      head = f.read(8)
+      f.seek(max(0, os.fstat(f.fileno()).st_size - _TAIL_BYTES))
+      tail = f.read()
+  except OSError:
+    return False
+  if head.startswith(_JPEG_START):
+    return _JPEG_END in tail
+  return head.startswith(_PNG_START) and _PNG_END in tail
+
+
+def _drop_broken_images(paths: list[str], labels: list[int], directory: str):
+  """Keeps the whole images; names the others in one warning (never a mid-run crash).
+
+  A truncated or non-image file would otherwise stop training with a
+  TensorFlow traceback that does not name it, hours into a run. Checking
+  costs two small reads per file (threads: it is I/O).
+  """
+  with concurrent.futures.ThreadPoolExecutor(32) as pool:
+    whole = list(pool.map(_whole_image, paths))
+  if all(whole):
+    return paths, labels
+  broken = [p for p, ok in zip(paths, whole) if not ok]
+  shown = ", ".join(broken[:10]) + (f", ... ({len(broken) - 10} more)" if len(broken) > 10 else "")
+  logging.warning(
+      "Skipping %d of %d files in %s that are not whole JPEG/PNG images (truncated, empty "
+      "or another format): %s", len(broken), len(paths), directory, shown)
+  return ([p for p, ok in zip(paths, whole) if ok],
+          [label for label, ok in zip(labels, whole) if ok])
+
+
 def _subdirs(directory: str) -> list[str]:
   return sorted(d for d in os.listdir(directory)
                 if os.path.isdir(os.path.join(directory, d))
@@ -525,6 +593,7 @@ def _scan_folder_cached(path: str) -> _Folder:
         files = _images_in(d) if os.path.isdir(d) else []
         paths += files
         labels += [label] * len(files)
+    paths, labels = _drop_broken_images(paths, labels, directory)
     if not paths:
       raise ConfigError(f"Image folder {directory} ({split} split) has no "
                         f"images. {_FOLDER_LAYOUTS}")

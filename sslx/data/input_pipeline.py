@@ -32,8 +32,10 @@ process yields `num_eval_batches(...)` batches and no collective deadlocks.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Iterator
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -235,7 +237,7 @@ def make_pretrain_iterator(
   base = src.dataset.enumerate().map(
       lambda i, ex: {"image": ex["image"], "label": ex["label"],
                      "index": tf.cast(start + i * stride, tf.int32)})
-  if data_config.cache and decode is not None:
+  if decode is not None and _cache_fits(data_config, src, info.name, split):
     # Cache decoded uint8 images: later epochs skip reading and decoding. The
     # cache belongs to `base`, so every epoch below (a fresh iterator over it
     # inside flat_map) reads the same cache.
@@ -287,6 +289,34 @@ def make_pretrain_iterator(
     ds = ds.map(augment_one, num_parallel_calls=par, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True)
   return _finish(ds, data_config).as_numpy_iterator()
+
+
+# Decoded images are cached in host memory only up to this share of it: the
+# rest is for tf.data's buffers, the framework and the checkpoints' copies.
+CACHE_MEMORY_FRACTION = 0.25
+
+
+def _host_memory_bytes() -> int:
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _cache_fits(data_config: Any, src: datasets.SplitSource, name: str, split: str) -> bool:
+  """config.data.cache, unless the decoded split would not fit in memory (then logged)."""
+  if not data_config.cache:
+    return False
+  limit = CACHE_MEMORY_FRACTION * _host_memory_bytes()
+  gib = lambda b: f"{b / 2**30:.1f} GiB"
+  if src.decoded_bytes is None or src.decoded_bytes > limit:
+    size = "of unknown size" if src.decoded_bytes is None else f"about {gib(src.decoded_bytes)}"
+    logging.warning(
+        "Not caching the decoded images of %s %s in memory: %s, over %d%% of this host's %s. "
+        "Each epoch reads and decodes them again. config.data.cache=False says so and "
+        "silences this.", name, split, size, round(100 * CACHE_MEMORY_FRACTION),
+        gib(_host_memory_bytes()))
+    return False
+  logging.info("Caching the decoded images of %s %s in memory: about %s of this host's %s.",
+               name, split, gib(src.decoded_bytes), gib(_host_memory_bytes()))
+  return True
 
 
 def num_eval_batches(data_config: Any, split: str, *, batch_size: int,
