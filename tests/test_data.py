@@ -363,23 +363,35 @@ def test_folder_skips_broken_images_and_names_them(tmp_path, caplog):
 
 def test_decoded_images_are_cached_only_where_they_fit_in_memory(tmp_path, caplog, monkeypatch):
   from sslx.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  root = tmp_path / "photos"
-  for i in range(6):
-    _write_png(str(root / f"{i}.jpg"), (20, 10), 30 * i)  # 20 x 10 px: 600 bytes decoded
-  dc, views = _configs(f"folder:{root}", image_size=8)
+  dc, views = _configs("mnist5k", image_size=16, data_dir=str(tmp_path))
   src = datasets.load_split(dc, "train", process_index=0, process_count=1)
-  assert src.decoded_bytes == 6 * 600
+  assert src.decoded_bytes == 4000 * 28 * 28 * 1 and src.table is None
   with caplog.at_level("INFO"):
-    ref = _take(_pretrain(dc, views, 2), 4)
+    ref = _take(_pretrain(dc, views, 8), 3)
   assert any("Caching the decoded images" in r.getMessage() for r in caplog.records)
   caplog.clear()
   # A host whose quarter is smaller than the split: no cache, a warning, the same stream.
-  monkeypatch.setattr(input_pipeline, "_host_memory_bytes", lambda: 4 * 6 * 600 - 4)
+  monkeypatch.setattr(input_pipeline, "_host_memory_bytes", lambda: 4 * src.decoded_bytes - 4)
   with caplog.at_level("INFO"):
-    uncached = _take(_pretrain(dc, views, 2), 4)
+    uncached = _take(_pretrain(dc, views, 8), 3)
   message = " ".join(r.getMessage() for r in caplog.records)
   assert "Not caching the decoded images" in message and "Caching the" not in message
   _assert_same_batches(ref, uncached)
+
+
+def test_random_access_sources_resume_anywhere_in_an_epoch(tmp_path):
+  x = np.random.default_rng(0).integers(0, 256, (40, 6, 6, 3), np.uint8)
+  name = _write_npz(tmp_path / "d.npz", x_train=x, y_train=np.arange(40) % 4)
+  dc, views = _configs(name, image_size=4)
+  assert datasets.load_split(dc, "train", process_index=0, process_count=1).table is not None
+  ref = _take(_pretrain(dc, views, 6, seed=3), 16)  # 96 examples: into the third epoch
+  for start in (5, 6, 13):  # mid-epoch, at an epoch boundary (6 * 6 < 40 < 7 * 6), later
+    _assert_same_batches(ref[start:], _take(_pretrain(dc, views, 6, seed=3, start_step=start),
+                                            16 - start))
+  # Each epoch is a permutation of all 40 examples, different per epoch.
+  order = np.concatenate([b["index"] for b in ref]).tolist()
+  assert sorted(order[:40]) == sorted(order[40:80]) == list(range(40))
+  assert order[:40] != list(range(40)) and order[:40] != order[40:80]
 
 
 def test_tfds_cifar10_with_mock_data(tmp_path):

@@ -64,9 +64,11 @@ def base_config() -> ml_collections.ConfigDict:
       download=True,  # let tfds download and prepare a missing dataset
       image_size=28,
       eval_crop_fraction=1.0,  # center crop fraction for eval (0.875 on ImageNet)
+      # TFDS: tf.data's shuffle buffer. npz and folders take a full permutation per
+      # epoch (any value > 1; 0 or 1 keeps stored order).
       shuffle_buffer=50_000,
-      # Cache decoded uint8 images in host memory: done only where the split fits
-      # in a quarter of it (estimated from image headers for folders; logged).
+      # Cache decoded uint8 TFDS images in host memory, only where the split fits
+      # in a quarter of it (logged). npz arrays and folders are read by index.
       cache=True,
       num_parallel_calls=-1,  # tf.data.AUTOTUNE
       prefetch=2,  # batches prefetched on host

@@ -102,6 +102,7 @@ class SplitSource:
   index_start: int = 0
   index_stride: int = 1
   decoded_bytes: int | None = None  # estimate of this shard's decoded uint8 images
+  table: dict[str, np.ndarray] | None = None  # random access: `dataset`'s elements as arrays
 
 
 def get_dataset_info(data_config: Any) -> DatasetInfo:
@@ -244,12 +245,15 @@ def load_split(data_config: Any, split: str, *, process_index: int,
   total = len(ds) if max_examples is None else min(max_examples, len(ds))
   ds = ds.take(total).shard(process_count, process_index)
   count = len(range(process_index, total, process_count))
+  mine = slice(process_index, total, process_count)  # what take + shard keep
   if decode is None:
     decoded = int(x.nbytes) * count // max(len(x), 1)
+    table = {"image": x[mine], "label": np.asarray(y, np.int32)[mine]}
   else:
-    decoded = count * _mean_decoded_bytes(tuple(paths))
+    decoded = None  # not needed: folders are read by index, never cached
+    table = {"image": np.asarray(paths)[mine], "label": np.asarray(labels, np.int32)[mine]}
   return SplitSource(ds, count, total, decode, tuple(shape), process_index, process_count,
-                     decoded)
+                     decoded, table)
 
 
 def _checked(indices: np.ndarray, size: int, split: str) -> np.ndarray:
@@ -281,21 +285,6 @@ def _tfds_subset(name: str, data_config: Any, split: str, indices: np.ndarray,
   return SplitSource(ds, len(range(process_index, total, process_count)), total,
                      image_feature.decode_example, tuple(image_feature.shape),
                      process_index, process_count)
-
-
-@functools.lru_cache(maxsize=8)
-def _mean_decoded_bytes(paths: tuple[str, ...], sample: int = 64) -> int:
-  """Mean decoded RGB size of `sample` images spread over `paths`, from their headers alone."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  chosen = [paths[i] for i in np.linspace(0, len(paths) - 1, min(sample, len(paths)), dtype=int)]
-  sizes = []
-  for path in chosen:
-    try:
-      with Image.open(path) as image:  # reads the header, not the pixels
-        sizes.append(image.size[0] * image.size[1] * 3)
-    except OSError:
-      continue  # tf.data's decoder may still read it; this is only an estimate
-  return int(np.mean(sizes)) if sizes else 0
 
 
 def _decode_file(path: tf.Tensor) -> tf.Tensor:

@@ -10,7 +10,7 @@ order (sslx/data/views.py).
 
 The stream is a pure function of the seed. Example number i of this process's
 stream (counting from 0 over all epochs) is example j = i mod N of epoch
-e = i // N, where epoch e's order is a tf.data shuffle seeded from
+e = i // N, where epoch e's order (a permutation, or a tf.data shuffle for TFDS) is seeded from
 (seed, process, e), and the random numbers of its view v come from the
 stateless Philox generator keyed by (seed, process) at counter (i * V + v) *
 11: a function of (seed, process, i, v) only. Since consecutive examples own
@@ -19,9 +19,13 @@ the crop windows of a batch are computed with a few vectorised ops and cut and
 resized by one `tf.image.crop_and_resize` (images of variable size, such as
 ImageNet's, are cropped one at a time with the same numbers and the same op).
 Resuming at `start_step=k` builds the stream directly from epoch
-e0 = k * B // N and skips the remaining k * B mod N (< N) examples while they
-are still encoded (or cached), before decoding or augmentation; it never
-replays earlier epochs.
+e0 = k * B // N at position k * B mod N. Random-access sources (npz arrays, a
+folder's files) order each epoch by a permutation of the N indices seeded by
+(seed, process, e) and read from that position on by index: resuming costs
+the same anywhere in an epoch. TFDS record files are read in sequence through
+a shuffle buffer; resuming skips the epoch's first examples while they are
+still encoded (or cached), before decoding or augmentation. Neither replays
+earlier epochs.
 
 Evaluation (`make_eval_iterator`) makes one deterministic pass over a split:
 shorter side resized to S / eval_crop_fraction, center crop S, padded to
@@ -237,7 +241,12 @@ def make_pretrain_iterator(
   base = src.dataset.enumerate().map(
       lambda i, ex: {"image": ex["image"], "label": ex["label"],
                      "index": tf.cast(start + i * stride, tf.int32)})
-  if decode is not None and _cache_fits(data_config, src, info.name, split):
+  # Random-access sources (npz arrays, a folder's files) are read by index and
+  # never cached: a cache is filled in stored order, which would tie the
+  # stream's order to whether this host has the memory for it.
+  cached = (decode is not None and src.table is None
+            and _cache_fits(data_config, src, info.name, split))
+  if cached:
     # Cache decoded uint8 images: later epochs skip reading and decoding. The
     # cache belongs to `base`, so every epoch below (a fresh iterator over it
     # inside flat_map) reads the same cache.
@@ -263,7 +272,10 @@ def make_pretrain_iterator(
     return tf.data.Dataset.zip(tf.data.Dataset.range(e * n, (e + 1) * n), ds)
 
   first = start_step * local_batch
-  ds = tf.data.Dataset.counter(first // n).flat_map(epoch).skip(first % n)
+  if src.table is not None and not cached:
+    ds = _random_access_stream(src, n, first, shuffle_key if buffer > 1 else None)
+  else:
+    ds = tf.data.Dataset.counter(first // n).flat_map(epoch).skip(first % n)
   if tf.TensorShape(src.image_shape).is_fully_defined():
     # Equal image sizes: decode one by one, then crop whole batches at once.
     if decode is not None:
@@ -317,6 +329,37 @@ def _cache_fits(data_config: Any, src: datasets.SplitSource, name: str, split: s
   logging.info("Caching the decoded images of %s %s in memory: about %s of this host's %s.",
                name, split, gib(src.decoded_bytes), gib(_host_memory_bytes()))
   return True
+
+
+def _random_access_stream(src: datasets.SplitSource, n: int, first: int,
+                          shuffle_key: tf.Tensor | None) -> tf.data.Dataset:
+  """(position, example) from position `first` on, reading each example by its index.
+
+  Epoch e's order is a permutation of the n examples seeded by (seed, process,
+  e), or stored order when shuffle_key is None. Resuming at any position
+  permutes n indices and reads from there: its cost does not depend on the
+  position (the buffer-shuffled stream of record files has to read and skip
+  what came before it).
+  """
+  table = {k: tf.constant(v) for k, v in src.table.items()}
+  start, stride = src.index_start, src.index_stride
+
+  def example(j):
+    return {"image": tf.gather(table["image"], j), "label": tf.gather(table["label"], j),
+            "index": tf.cast(start + j * stride, tf.int32)}
+
+  def epoch_from(e, offset):
+    order = tf.range(n, dtype=tf.int64)
+    if shuffle_key is not None:
+      order = tf.random.experimental.stateless_shuffle(order, seed=_fold_in(shuffle_key, e),
+                                                       alg=_RNG_ALG)
+    positions = tf.data.Dataset.range(e * n + offset, (e + 1) * n)
+    return tf.data.Dataset.zip(positions, tf.data.Dataset.from_tensor_slices(order[offset:])
+                               .map(example))
+
+  e0, offset = divmod(first, n)
+  later = tf.data.Dataset.counter(e0 + 1).flat_map(lambda e: epoch_from(e, 0))
+  return epoch_from(tf.constant(e0, tf.int64), offset).concatenate(later)
 
 
 def num_eval_batches(data_config: Any, split: str, *, batch_size: int,
