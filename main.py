@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from sslx import errors
@@ -53,6 +54,29 @@ def main(argv):
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1 or not _lost_a_process(e):
+      raise
+    message = (
+        f"Lost contact with another process of this {jax.process_count()}-process run "
+        f"({str(e).splitlines()[0]}); it died or was stopped without the others. Checkpoints "
+        f"already in {_WORKDIR.value}/checkpoints stay readable (a save in flight is not "
+        "committed). Rerun every process with the same command to resume from the newest.")
+    logging.error("%s", message)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    # Not sys.exit: at exit jax.distributed's shutdown waits on the lost process
+    # and aborts the interpreter with a core dump.
+    os._exit(preemption.EXIT_CODE)  # pylint: disable=protected-access
+
+
+# Words of the runtime's errors when a peer process is gone (gloo's TCP pairs,
+# the coordination service's heartbeats and barriers).
+_PEER_LOST = ("Gloo", "gloo", "heartbeat", "Connection reset", "Connection refused",
+              "coordination", "Barrier", "DEADLINE_EXCEEDED", "UNAVAILABLE")
+
+
+def _lost_a_process(error: Exception) -> bool:
+  return any(word in str(error) for word in _PEER_LOST)
 
 
 if __name__ == "__main__":

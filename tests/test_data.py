@@ -208,6 +208,28 @@ def test_process_sharding(mnist_dir):
     _pretrain(dc, views, 63, process_index=0, process_count=2)
 
 
+@pytest.mark.parametrize("source", ["npz", "mnist5k"])
+def test_processes_read_disjoint_shards_that_cover_each_epoch_once(tmp_path, mnist_dir, source):
+  if source == "npz":
+    x = np.zeros((40, 4, 4, 3), np.uint8)
+    dc, views = _configs(_write_npz(tmp_path / "d.npz", x_train=x), image_size=4)
+    n, local = 40, 5
+  else:
+    dc, views = _configs("mnist5k", data_dir=mnist_dir, image_size=8)
+    n, local = 4000, 100
+  epochs = []
+  for p in range(2):
+    it = _pretrain(dc, views, 2 * local, seed=7, process_index=p, process_count=2)
+    # Two of this process's epochs: n / 2 examples each.
+    indices = np.concatenate([b["index"] for b in _take(it, n // local)])
+    epochs.append((indices[:n // 2], indices[n // 2:]))
+  for e in range(2):
+    first, second = epochs[0][e], epochs[1][e]
+    assert len(set(first)) == len(first) == n // 2 and len(set(second)) == n // 2
+    assert not set(first) & set(second)
+    assert set(first) | set(second) == set(range(n))
+
+
 def test_crop_geometry_follows_view_config(tmp_path):
   # Pixel (r, c) holds (c, r, 0): crop corners can be read off the output.
   r, c = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")

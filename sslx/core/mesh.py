@@ -198,4 +198,14 @@ def to_global(local_batch: Any, mesh: Mesh) -> Any:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  return jax.device_put(tree, replicated(mesh))
+  """A copy of `tree` (the same values on every process) on every device of the mesh."""
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  # device_put would have to send this process's arrays to the other
+  # processes' devices, which CPU and GPU backends cannot do; every process
+  # holds the same values, so each places its own copy on its own devices.
+  def place(x):
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+  return jax.tree.map(place, tree)

@@ -20,8 +20,10 @@ into RGB so that every encoder takes RGB and transfers across datasets.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import difflib
+import fcntl
 import functools
 import os
 from typing import Any, Callable
@@ -366,13 +368,37 @@ def _tfds_builder(name: str, data_config: Any) -> tfds.core.DatasetBuilder:
         f"{builder.data_dir}) and config.data.download is False. "
         f"{_how_to_provide(name, root)}")
   try:
-    builder.download_and_prepare()
+    with _preparation_lock(root, name):
+      # Another process (of a multi-process run on this host, or sharing this
+      # disk) may have prepared it while this one waited for the lock.
+      builder = tfds.builder(name, data_dir=data_dir)
+      if not builder.is_prepared():
+        builder.download_and_prepare()
   except Exception as e:  # pylint: disable=broad-except
     raise DatasetNotAvailableError(
         f"TFDS dataset {name!r} is not prepared in data_dir {root} (looked for "
         f"{builder.data_dir}) and preparing it failed: {type(e).__name__}: "
         f"{e}. {_how_to_provide(name, root)}") from e
   return builder
+
+
+@contextlib.contextmanager
+def _preparation_lock(root: str, name: str):
+  """One process at a time prepares `name` in a local `root` (others wait, then reuse it).
+
+  Two processes preparing into one directory race to rename the finished
+  folder and the loser fails. Remote roots (gs://) are not locked.
+  """
+  if "://" in root:
+    yield
+    return
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, f".{name}.prepare.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _tfds_num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:

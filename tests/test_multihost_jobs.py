@@ -1,0 +1,160 @@
+"""main.py as several processes on this machine: checkpoints, preemption, a lost process, evaluation.
+
+Each run starts `python main.py` once per process with `config.distributed`
+naming 127.0.0.1 as the coordinator (gloo CPU collectives), as a user does
+on a GPU cluster, and checks what the README promises of multi-host runs:
+- a checkpoint written by 2 processes resumes in 1 process and one written
+  by 1 process resumes in 2;
+- SIGTERM to one process stops every process after the same step, with one
+  checkpoint and exit code 75, and rerunning them resumes;
+- a process killed with SIGKILL makes the other exit, within seconds, with a
+  one-paragraph error (no traceback) and exit code 75, and the newest
+  checkpoint still resumes;
+- an evaluator job run by 2 processes writes one eval_results.json with the
+  1-process result.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, TINY_EVAL, TINY_FLAGS
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--config.eval.knn=False", "--config.eval.linear=False", "--config.plots.enabled=False",
+        "--config.cpu_devices=1"]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _launch(workdir, tfds_dir, num_processes, *flags, config_file="configs/byol.py",
+            tiny=TINY_FLAGS + FAST):
+  port = _free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+  procs = []
+  for i in range(num_processes):
+    distributed = [] if num_processes == 1 else [
+        "--config.distributed.enabled=True",
+        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+        f"--config.distributed.num_processes={num_processes}",
+        f"--config.distributed.process_id={i}",
+        "--config.distributed.heartbeat_timeout_seconds=10"]
+    cmd = [sys.executable, "main.py", f"--config={config_file}", f"--workdir={workdir}",
+           f"--config.data.data_dir={tfds_dir}", *tiny, *distributed, *flags]
+    procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+  return procs
+
+
+def _finish(procs, timeout=600):
+  outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+  return [p.returncode for p in procs], outputs
+
+
+def _run(*args, **kwargs):
+  return _finish(_launch(*args, **kwargs))
+
+
+def _checkpoints(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+def _resumed(output, step):
+  return re.search(rf"Resuming from \S+/checkpoints/{step}\b", output) is not None
+
+
+def _results(workdir, name="pretrain_results.json"):
+  with open(os.path.join(workdir, name)) as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def test_checkpoints_move_between_two_processes_and_one(tmp_path, tfds_dir):
+  workdir = str(tmp_path / "run")
+  codes, outputs = _run(workdir, tfds_dir, 2, "--config.train_steps=4")
+  assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert _checkpoints(workdir) == [2, 4] and _results(workdir)["step"] == 4
+  # One process resumes the two processes' checkpoint ...
+  codes, outputs = _run(workdir, tfds_dir, 1, "--config.train_steps=6")
+  assert codes == [0], outputs[0][-3000:]
+  assert _resumed(outputs[0], 4) and _results(workdir)["step"] == 6
+  # ... and two processes resume the one process's.
+  codes, outputs = _run(workdir, tfds_dir, 2, "--config.train_steps=8")
+  assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert all(_resumed(out, 6) for out in outputs)
+  assert _checkpoints(workdir)[-1] == 8 and _results(workdir)["step"] == 8
+  metrics = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert metrics == [2, 4, 6, 8]  # one log, written by process 0 only
+
+
+def _wait_for_checkpoint(workdir, step, procs, limit=300):
+  start = time.time()
+  while not os.path.isdir(os.path.join(workdir, "checkpoints", str(step))):
+    assert time.time() - start < limit and all(p.poll() is None for p in procs), \
+        [p.communicate()[0][-2000:] for p in procs if p.poll() is not None]
+    time.sleep(0.2)
+
+
+def test_sigterm_to_one_process_stops_all_after_the_same_step(tmp_path, tfds_dir):
+  workdir = str(tmp_path / "run")
+  procs = _launch(workdir, tfds_dir, 2, "--config.train_steps=1000")
+  _wait_for_checkpoint(workdir, 2, procs)
+  procs[1].send_signal(signal.SIGTERM)
+  codes, outputs = _finish(procs)
+  assert codes == [75, 75], outputs[0][-3000:] + outputs[1][-3000:]
+  assert "Stopped by SIGTERM after step" in outputs[1]
+  assert "Stopped by a signal on another process after step" in outputs[0]
+  steps = {int(out.split(" after step ")[1].split(";")[0]) for out in outputs}
+  assert len(steps) == 1  # the same step on both
+  (stopped,) = steps
+  assert _checkpoints(workdir)[-1] == stopped
+  codes, outputs = _run(workdir, tfds_dir, 2, f"--config.train_steps={stopped + 2}")
+  assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert _resumed(outputs[0], stopped) and _results(workdir)["step"] == stopped + 2
+
+
+def test_a_killed_process_ends_the_other_with_a_clear_error(tmp_path, tfds_dir):
+  workdir = str(tmp_path / "run")
+  procs = _launch(workdir, tfds_dir, 2, "--config.train_steps=1000")
+  _wait_for_checkpoint(workdir, 4, procs)
+  procs[1].kill()
+  start = time.time()
+  codes, outputs = _finish(procs, timeout=120)
+  assert time.time() - start < 60  # the heartbeat is 10 s
+  assert codes[0] == 75, outputs[0][-3000:]
+  assert "Lost contact with another process of this 2-process run" in outputs[0]
+  assert "Traceback" not in outputs[0]
+  newest = _checkpoints(workdir)[-1]
+  assert newest >= 4
+  codes, outputs = _run(workdir, tfds_dir, 1, f"--config.train_steps={newest + 2}")
+  assert codes == [0], outputs[0][-3000:]
+  assert _resumed(outputs[0], newest)
+
+
+def test_an_evaluator_with_two_processes_matches_one(tmp_path, tfds_dir, pretrained):
+  results = {}
+  for n in (1, 2):
+    workdir = str(tmp_path / f"knn{n}")
+    codes, outputs = _run(workdir, tfds_dir, n, f"--config.checkpoint={pretrained}",
+                          config_file="configs/knn_eval.py", tiny=TINY_EVAL)
+    assert codes == [0] * n, "".join(out[-3000:] for out in outputs)
+    assert [f for f in os.listdir(workdir) if f.endswith(".json")] == ["eval_results.json"]
+    results[n] = _results(workdir, "eval_results.json")
+  for key in ("top1", "top5", "num_labelled", "step", "checkpoint"):
+    assert results[2][key] == results[1][key], key
