@@ -147,12 +147,13 @@ def test_a_killed_process_ends_the_other_with_a_clear_error(tmp_path, tfds_dir):
   assert _resumed(outputs[0], newest)
 
 
-def test_an_evaluator_with_two_processes_matches_one(tmp_path, tfds_dir, pretrained):
+@pytest.mark.parametrize("job", ["knn_eval", "linear_eval"])
+def test_an_evaluator_with_two_processes_matches_one(tmp_path, tfds_dir, pretrained, job):
   results = {}
   for n in (1, 2):
-    workdir = str(tmp_path / f"knn{n}")
+    workdir = str(tmp_path / f"{job}{n}")
     codes, outputs = _run(workdir, tfds_dir, n, f"--config.checkpoint={pretrained}",
-                          config_file="configs/knn_eval.py", tiny=TINY_EVAL)
+                          config_file=f"configs/{job}.py", tiny=TINY_EVAL)
     assert codes == [0] * n, "".join(out[-3000:] for out in outputs)
     assert [f for f in os.listdir(workdir) if f.endswith(".json")] == ["eval_results.json"]
     results[n] = _results(workdir, "eval_results.json")

@@ -423,17 +423,20 @@ def make_eval_iterator(
   decode = src.decode
   resize_to = int(round(image_size / fraction))
 
-  def prepare(ex):
+  start, stride = src.index_start, src.index_stride
+
+  def prepare(i, ex):
     image = ex["image"] if decode is None else decode(ex["image"])
     image = _resize_center_crop(image, resize_to, image_size)
-    return {"image": _to_rgb(image), "label": ex["label"],
-            "mask": tf.constant(True)}
+    return {"image": _to_rgb(image), "label": ex["label"], "mask": tf.constant(True),
+            "index": tf.cast(start + i * stride, tf.int32)}
 
-  ds = src.dataset.map(prepare, num_parallel_calls=_parallel(data_config),
-                       deterministic=True)
+  ds = src.dataset.enumerate().map(prepare, num_parallel_calls=_parallel(data_config),
+                                   deterministic=True)
   num_pad = num_batches * batch_size - src.num_examples
   pad = {"image": tf.zeros([image_size, image_size, 3], tf.uint8),
-         "label": tf.constant(-1, tf.int32), "mask": tf.constant(False)}
+         "label": tf.constant(-1, tf.int32), "mask": tf.constant(False),
+         "index": tf.constant(-1, tf.int32)}
   ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_pad))
   ds = ds.batch(batch_size, drop_remainder=True)
   return _SizedIterator(_finish(ds, data_config).as_numpy_iterator(),

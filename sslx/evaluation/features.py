@@ -41,19 +41,26 @@ def extract_features(embed_fn: Callable[[jax.Array], jax.Array], batches,
                      mesh) -> tuple[np.ndarray, np.ndarray]:
   """Runs `embed_fn(images) -> features` over eval batches on the mesh.
 
-  `batches` yields per-process dicts with 'image', 'label' and 'mask'; padded
-  rows (mask False) are dropped. Every process gets all features back.
+  `batches` yields per-process dicts with 'image', 'label', 'mask' and
+  'index' (the example's position in the split); padded rows (mask False) are
+  dropped. Every process gets all features back, in the split's order: a
+  global batch holds each process's next rows side by side, so without the
+  reordering the rows (and every probe fitted on them, and which rows a
+  few-label subset picks) would depend on the number of processes.
   """
-  features, labels = [], []
+  features, labels, indices = [], [], []
   for batch in batches:
     global_batch = mesh_lib.to_global(batch, mesh)
     out = embed_fn(global_batch["image"])
     gathered = multihost_utils.process_allgather(
-        {"f": out, "y": global_batch["label"], "m": global_batch["mask"]}, tiled=True)
+        {"f": out, "y": global_batch["label"], "m": global_batch["mask"],
+         "i": global_batch["index"]}, tiled=True)
     mask = np.asarray(gathered["m"], bool)
     features.append(np.asarray(gathered["f"], np.float32)[mask])
     labels.append(np.asarray(gathered["y"])[mask])
-  return np.concatenate(features), np.concatenate(labels)
+    indices.append(np.asarray(gathered["i"])[mask])
+  order = np.argsort(np.concatenate(indices), kind="stable")
+  return np.concatenate(features)[order], np.concatenate(labels)[order]
 
 
 class FeatureExtractor:
