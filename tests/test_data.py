@@ -230,6 +230,26 @@ def test_processes_read_disjoint_shards_that_cover_each_epoch_once(tmp_path, mni
     assert set(first) | set(second) == set(range(n))
 
 
+@pytest.mark.parametrize("source", ["npz", "folder"])
+def test_processes_split_the_one_process_stream(tmp_path, source):
+  """Random-access sources: P processes read, batch by batch, what one process reads."""
+  rng = np.random.default_rng(0)
+  if source == "npz":
+    x = rng.integers(0, 256, (30, 6, 6, 3), np.uint8)
+    dc, views = _configs(_write_npz(tmp_path / "d.npz", x_train=x, y_train=np.arange(30) % 3),
+                         image_size=4)
+  else:  # variable sizes: the per-image path
+    for i in range(30):
+      _write_png(str(tmp_path / "f" / f"c{i % 3}" / f"{i}.png"), (6 + i % 4, 7), 8 * i)
+    dc, views = _configs(f"folder:{tmp_path / 'f'}", image_size=4)
+  one = _take(_pretrain(dc, views, 8, seed=5), 10)  # 80 examples: 30 per epoch, batches span epochs
+  for start in (0, 7):
+    parts = [_take(_pretrain(dc, views, 8, seed=5, process_index=p, process_count=2,
+                             start_step=start), 10 - start) for p in range(2)]
+    joined = [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(*parts)]
+    _assert_same_batches(one[start:], joined)
+
+
 def test_crop_geometry_follows_view_config(tmp_path):
   # Pixel (r, c) holds (c, r, 0): crop corners can be read off the output.
   r, c = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
@@ -468,12 +488,12 @@ def test_shared_cifar10_5k_npz():
 
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_index_is_the_examples_stable_id(tmp_path, process_count):
-  """'index' names the example: the same image always, each id once per epoch, shards disjoint."""
+  """'index' names the example: the same image always, each id once per epoch over the processes."""
   n = 24
   x = np.arange(n, dtype=np.uint8)[:, None, None, None].repeat(8, 1).repeat(8, 2) * 10
   dc, views = _configs(_write_npz(tmp_path / "i.npz", x_train=x,
                                   y_train=np.arange(n) % 10), image_size=8)
-  per_process = []
+  per_process = {0: [], 1: []}  # epoch -> each process's ids in it
   for p in range(process_count):
     epochs = 2
     local = n // process_count
@@ -482,12 +502,12 @@ def test_index_is_the_examples_stable_id(tmp_path, process_count):
     index = np.concatenate([b["index"] for b in batches])
     pixel = np.concatenate([b["views"]["v1"][:, 0, 4, 4, 0] for b in batches])
     np.testing.assert_array_equal(pixel, index.astype(np.uint8) * 10)  # id -> its own image
-    first, second = index[:local], index[local:]
-    assert sorted(first) == sorted(second) and len(set(first)) == local  # once per epoch
-    assert not np.array_equal(first, second)  # in a new order
-    per_process.append(set(first.tolist()))
-  assert set().union(*per_process) == set(range(n))
-  assert sum(len(s) for s in per_process) == n  # disjoint
+    for epoch, ids in enumerate((index[:local], index[local:])):
+      per_process[epoch].append(ids.tolist())
+  for epoch, ids in per_process.items():
+    every = sum(ids, [])
+    assert sorted(every) == list(range(n)), epoch  # each id once per epoch, over the processes
+  assert per_process[0] != per_process[1]  # a new order each epoch
 
 
 def test_multi_crop_groups_are_cut_with_the_crop_numbering_of_single_views(tmp_path):

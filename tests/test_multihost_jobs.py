@@ -11,7 +11,9 @@ on a GPU cluster, and checks what the README promises of multi-host runs:
   one-paragraph error (no traceback) and exit code 75, and the newest
   checkpoint still resumes;
 - an evaluator job run by 2 processes writes one eval_results.json with the
-  1-process result.
+  1-process result;
+- on data read by index (npz, folders), a run of 2 processes x 1 device is
+  the run of 1 process x 2 devices: the same final metrics, bit for bit.
 """
 
 import json
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from conftest import REPO, TINY_EVAL, TINY_FLAGS
@@ -159,3 +162,21 @@ def test_an_evaluator_with_two_processes_matches_one(tmp_path, tfds_dir, pretrai
     results[n] = _results(workdir, "eval_results.json")
   for key in ("top1", "top5", "num_labelled", "step", "checkpoint"):
     assert results[2][key] == results[1][key], key
+
+
+def test_two_processes_give_the_run_of_one_process(tmp_path, tfds_dir):
+  rng = np.random.default_rng(0)
+  npz = str(tmp_path / "d.npz")
+  np.savez(npz, x_train=rng.integers(0, 256, (200, 16, 16, 3), np.uint8),
+           y_train=np.arange(200) % 10)
+  flags = [f"--config.data.dataset=npz:{npz}", "--config.data.image_size=16",
+           "--config.train_steps=8", "--config.checkpoint_every_steps=100"]
+  tiny = [f for f in TINY_FLAGS + FAST if not f.startswith("--config.cpu_devices")]
+  finals = {}
+  for n in (1, 2):
+    workdir = str(tmp_path / f"run{n}")
+    codes, outputs = _run(workdir, tfds_dir, n, *flags, f"--config.cpu_devices={3 - n}", tiny=tiny)
+    assert codes == [0] * n, "".join(out[-3000:] for out in outputs)
+    finals[n] = _results(workdir)["final_metrics"]
+  for key in ("loss", "byol_cosine", "grad_norm", "probe_loss", "effective_rank"):
+    assert finals[2][key] == finals[1][key], key

@@ -18,11 +18,15 @@ consecutive counters, one Philox call draws the numbers of a whole batch, and
 the crop windows of a batch are computed with a few vectorised ops and cut and
 resized by one `tf.image.crop_and_resize` (images of variable size, such as
 ImageNet's, are cropped one at a time with the same numbers and the same op).
-Resuming at `start_step=k` builds the stream directly from epoch
-e0 = k * B // N at position k * B mod N. Random-access sources (npz arrays, a
-folder's files) order each epoch by a permutation of the N indices seeded by
-(seed, process, e) and read from that position on by index: resuming costs
-the same anywhere in an epoch. TFDS record files are read in sequence through
+Random-access sources (npz arrays, a folder's files) make one global stream
+instead, whatever the number of processes P: epoch e is a permutation of the
+whole split seeded by (seed, e), numbered with process 0's keys, and process
+p reads rows [p B_g / P, (p + 1) B_g / P) of each global batch of B_g, so P
+processes read exactly the batches one process reads (a 2-process run is
+the 1-process run). Resuming at `start_step=k` starts at global position
+k * B_g and reads by index from there: it costs the same anywhere in an
+epoch. For record files (TFDS), resuming builds process p's stream directly
+from epoch e0 = k * B // N at position k * B mod N. TFDS record files are read in sequence through
 a shuffle buffer; resuming skips the epoch's first examples while they are
 still encoded (or cached), before decoding or augmentation. Neither replays
 earlier epochs.
@@ -254,7 +258,12 @@ def make_pretrain_iterator(
                     num_parallel_calls=par, deterministic=True).cache()
     decode = None
 
-  key = tf.constant([seed, process_index], tf.int64)
+  # Random-access sources make one global stream that the processes split
+  # batch by batch, so its numbers are keyed by the seed alone (process 0's
+  # key: one process's stream is unchanged); record files are read as
+  # per-process shards, each with its own stream.
+  global_stream = src.table is not None and not cached
+  key = tf.constant([seed, 0 if global_stream else process_index], tf.int64)
   shuffle_key = _fold_in(key, _PURPOSE_SHUFFLE)
   sampler = _ViewSampler(_fold_in(key, _PURPOSE_AUGMENT), groups)
   buffer = min(int(data_config.shuffle_buffer or 0), n)
@@ -272,8 +281,12 @@ def make_pretrain_iterator(
     return tf.data.Dataset.zip(tf.data.Dataset.range(e * n, (e + 1) * n), ds)
 
   first = start_step * local_batch
-  if src.table is not None and not cached:
-    ds = _random_access_stream(src, n, first, shuffle_key if buffer > 1 else None)
+  if global_stream:
+    whole = src if process_count == 1 else datasets.load_split(
+        data_config, split, process_index=0, process_count=1, indices=indices)
+    ds = _random_access_stream(whole, start_step * global_batch_size, global_batch_size,
+                               process_index, process_count,
+                               shuffle_key if buffer > 1 else None)
   else:
     ds = tf.data.Dataset.counter(first // n).flat_map(epoch).skip(first % n)
   if tf.TensorShape(src.image_shape).is_fully_defined():
@@ -331,35 +344,39 @@ def _cache_fits(data_config: Any, src: datasets.SplitSource, name: str, split: s
   return True
 
 
-def _random_access_stream(src: datasets.SplitSource, n: int, first: int,
+def _random_access_stream(src: datasets.SplitSource, first: int, global_batch: int,
+                          process_index: int, process_count: int,
                           shuffle_key: tf.Tensor | None) -> tf.data.Dataset:
-  """(position, example) from position `first` on, reading each example by its index.
+  """This process's (position, example) of the global stream from global position `first`.
 
-  Epoch e's order is a permutation of the n examples seeded by (seed, process,
-  e), or stored order when shuffle_key is None. Resuming at any position
-  permutes n indices and reads from there: its cost does not depend on the
-  position (the buffer-shuffled stream of record files has to read and skip
-  what came before it).
+  Position g of the global stream is example order_e[g - e N] of epoch
+  e = g // N, where order_e is a permutation of the whole split's N indices
+  seeded by (seed, e) (stored order when shuffle_key is None). Global batch b
+  is positions [b B, (b + 1) B); process p takes its rows
+  [b B + p B / P, b B + (p + 1) B / P), so P processes together read exactly
+  what one process reads, in every epoch every example once, and resuming
+  anywhere costs the same (nothing before `first` is read).
   """
   table = {k: tf.constant(v) for k, v in src.table.items()}
-  start, stride = src.index_start, src.index_stride
+  n, local = src.num_examples, global_batch // process_count
 
   def example(j):
     return {"image": tf.gather(table["image"], j), "label": tf.gather(table["label"], j),
-            "index": tf.cast(start + j * stride, tf.int32)}
+            "index": tf.cast(j, tf.int32)}
 
-  def epoch_from(e, offset):
+  def epoch_from(e, g0):
     order = tf.range(n, dtype=tf.int64)
     if shuffle_key is not None:
       order = tf.random.experimental.stateless_shuffle(order, seed=_fold_in(shuffle_key, e),
                                                        alg=_RNG_ALG)
-    positions = tf.data.Dataset.range(e * n + offset, (e + 1) * n)
-    return tf.data.Dataset.zip(positions, tf.data.Dataset.from_tensor_slices(order[offset:])
-                               .map(example))
+    positions = tf.data.Dataset.range(g0, (e + 1) * n)
+    if process_count > 1:
+      positions = positions.filter(lambda g: (g % global_batch) // local == process_index)
+    return positions.map(lambda g: (g, example(tf.gather(order, g - e * n))))
 
-  e0, offset = divmod(first, n)
-  later = tf.data.Dataset.counter(e0 + 1).flat_map(lambda e: epoch_from(e, 0))
-  return epoch_from(tf.constant(e0, tf.int64), offset).concatenate(later)
+  e0 = first // n
+  later = tf.data.Dataset.counter(e0 + 1).flat_map(lambda e: epoch_from(e, e * n))
+  return epoch_from(tf.constant(e0, tf.int64), tf.constant(first, tf.int64)).concatenate(later)
 
 
 def num_eval_batches(data_config: Any, split: str, *, batch_size: int,
