@@ -13,8 +13,7 @@ on one core: a full `tf.io.decode_jpeg` (what the pipeline does now) and the
 fused `tf.image.decode_and_crop_jpeg` of BYOL's two random-resized-crop
 windows (areas 0.08-1), which decodes only the rows and blocks a window
 covers. `resume` times the first batch of `make_pretrain_iterator` at step 0
-and at 90% of the first epoch, with and without the decoded-image cache, then
-the first example at 90% of an epoch of ImageNet's 1,281,167 file paths,
+and at 90% of the first epoch, then the first example at 90% of an epoch of ImageNet's 1,281,167 file paths,
 read by index (folders, npz) and by skipping a buffer-shuffled stream (TFDS).
 """
 
@@ -97,18 +96,17 @@ def resume(directory: str, batch: int) -> None:
   """Seconds to the first batch at step 0 and at 90% of the first epoch."""
   from configs import byol  # pylint: disable=g-import-not-at-top
   from sslx import data  # pylint: disable=g-import-not-at-top
-  for cache in (False, True):
-    config = byol.get_config("imagenet")
-    config.data.update(dataset=f"folder:{directory}", cache=cache)
-    n = data.get_dataset_info(config.data).num_train_examples
-    for step in (0, int(0.9 * n) // batch):
-      start = time.perf_counter()
-      it = data.make_pretrain_iterator(config.data, config.views, global_batch_size=batch,
-                                       seed=0, start_step=step, process_index=0, process_count=1)
-      next(it)
-      print(f"cache={cache} start_step={step} ({step * batch / n:.0%} of an epoch of {n}): "
-            f"first batch after {time.perf_counter() - start:.2f} s", flush=True)
-      del it
+  config = byol.get_config("imagenet")
+  config.data.update(dataset=f"folder:{directory}")
+  n = data.get_dataset_info(config.data).num_train_examples
+  for step in (0, int(0.9 * n) // batch):
+    start = time.perf_counter()
+    it = data.make_pretrain_iterator(config.data, config.views, global_batch_size=batch,
+                                     seed=0, start_step=step, process_index=0, process_count=1)
+    next(it)
+    print(f"start_step={step} ({step * batch / n:.0%} of an epoch of {n}): "
+          f"first batch after {time.perf_counter() - start:.2f} s", flush=True)
+    del it
 
 
 def resume_at_imagenet_scale(directory: str, n: int = 1_281_167, buffer: int = 50_000) -> None:
@@ -130,7 +128,8 @@ def resume_at_imagenet_scale(directory: str, n: int = 1_281_167, buffer: int = 5
   first = int(0.9 * n)
   decode = lambda ex: tf.io.decode_jpeg(tf.io.read_file(ex["image"]), channels=3)
   for name, build in (
-      ("by index", lambda: input_pipeline._random_access_stream(src, n, first, key)),  # pylint: disable=protected-access
+      ("by index", lambda: input_pipeline._random_access_stream(  # pylint: disable=protected-access
+          src, first, global_batch=64, process_index=0, process_count=1, shuffle_key=key)),
       (f"shuffle({buffer}).skip", lambda: tf.data.Dataset.zip(
           tf.data.Dataset.range(n), src.dataset.shuffle(buffer, seed=0)).skip(first))):
     start = time.perf_counter()

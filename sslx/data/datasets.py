@@ -9,7 +9,7 @@ Four kinds of source, all served to `input_pipeline` in the same form (a
 * TFDS names `cifar10`, `cifar100`, `stl10`, `imagenet2012`, `imagenette`.
 * `npz:/path/file.npz` - uint8 arrays `x_train` (N, H, W, C) and optionally
   `y_train`, `x_test`, `y_test` (C is 1 or 3; without `y_*`, unlabelled).
-* `folder:/path` - image files (.jpg/.jpeg/.png) in `path/train/<class>/` with
+* `folder:/path` (`sslx/data/folders.py`) - image files (.jpg/.jpeg/.png) in `path/train/<class>/` with
   an optional `path/test|val|validation/<class>/`, or `path/<class>/` (train
   only), or directly in `path/` (unlabelled, train only).
 
@@ -19,7 +19,6 @@ into RGB so that every encoder takes RGB and transfers across datasets.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import difflib
@@ -28,10 +27,10 @@ import functools
 import os
 from typing import Any, Callable
 
-from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from sslx.data import folders
 # Imported for its side effect: registering the mnist5k TFDS builder.
 from sslx.data import mnist5k  # pylint: disable=unused-import
 from sslx.data.host_tf import tf
@@ -51,8 +50,6 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 MNIST_MEAN = (0.1307,) * 3
 MNIST_STD = (0.3081,) * 3
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-_FOLDER_TEST_NAMES = ("test", "val", "validation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +137,7 @@ def get_dataset_info(data_config: Any) -> DatasetInfo:
         train_split="train" if labelled else None,
         test_split="test" if "x_test" in arrays else None,
         mean=IMAGENET_MEAN, std=IMAGENET_STD)
-  folder = _scan_folder(arg)
+  folder = folders.scan(arg)
   labelled = folder.classes is not None
   return DatasetInfo(
       name=name, num_classes=len(folder.classes) if labelled else None,
@@ -234,7 +231,7 @@ def load_split(data_config: Any, split: str, *, process_index: int,
     ds = tf.data.Dataset.from_tensor_slices({"image": x, "label": y})
     decode, shape = None, x.shape[1:]
   else:
-    folder = _scan_folder(arg)
+    folder = folders.scan(arg)
     if split not in folder.splits:
       raise ConfigError(f"{data_config.dataset} has no split {split!r}; it has "
                         f"{sorted(folder.splits)}.")
@@ -486,131 +483,3 @@ def _load_npz_cached(path: str, size: int, mtime: int) -> dict[str, Any]:
     num_classes = max(num_classes, int(y.max()) + 1)
   arrays["num_classes"] = num_classes
   return arrays
-
-
-# ---------------------------------------------------------------- folder ----
-
-
-@dataclasses.dataclass(frozen=True)
-class _Folder:
-  classes: tuple[str, ...] | None  # None: unlabelled
-  splits: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (paths, labels)
-
-
-def _images_in(directory: str) -> list[str]:
-  return sorted(
-      os.path.join(directory, f) for f in os.listdir(directory)
-      if f.lower().endswith(IMAGE_EXTENSIONS)
-      and os.path.isfile(os.path.join(directory, f)))
-
-
-# A whole JPEG starts with SOI (FF D8 FF) and ends with EOI (FF D9), which
-# cannot occur inside its entropy-coded data (an FF there is followed by 00 or
-# a restart marker), so an EOI near the end means the file was not cut short.
-# A whole PNG starts with its signature and ends with the IEND chunk.
-_JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
-_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND"
-_TAIL_BYTES = 1024  # room for padding or metadata some cameras append after EOI
-
-
-def _whole_image(path: str) -> bool:
-  """True if `path` is a JPEG or PNG whose start and end are both there (two small reads)."""
-  try:
-    with open(path, "rb") as f:
-      head = f.read(8)
-      f.seek(max(0, os.fstat(f.fileno()).st_size - _TAIL_BYTES))
-      tail = f.read()
-  except OSError:
-    return False
-  if head.startswith(_JPEG_START):
-    return _JPEG_END in tail
-  return head.startswith(_PNG_START) and _PNG_END in tail
-
-
-def _drop_broken_images(paths: list[str], labels: list[int], directory: str):
-  """Keeps the whole images; names the others in one warning (never a mid-run crash).
-
-  A truncated or non-image file would otherwise stop training with a
-  TensorFlow traceback that does not name it, hours into a run. Checking
-  costs two small reads per file (threads: it is I/O).
-  """
-  with concurrent.futures.ThreadPoolExecutor(32) as pool:
-    whole = list(pool.map(_whole_image, paths))
-  if all(whole):
-    return paths, labels
-  broken = [p for p, ok in zip(paths, whole) if not ok]
-  shown = ", ".join(broken[:10]) + (f", ... ({len(broken) - 10} more)" if len(broken) > 10 else "")
-  logging.warning(
-      "Skipping %d of %d files in %s that are not whole JPEG/PNG images (truncated, empty "
-      "or another format): %s", len(broken), len(paths), directory, shown)
-  return ([p for p, ok in zip(paths, whole) if ok],
-          [label for label, ok in zip(labels, whole) if ok])
-
-
-def _subdirs(directory: str) -> list[str]:
-  return sorted(d for d in os.listdir(directory)
-                if os.path.isdir(os.path.join(directory, d))
-                and not d.startswith("."))
-
-
-def _scan_folder(path: str) -> _Folder:
-  """Finds the images of a folder dataset (memoised per path)."""
-  if not os.path.isdir(path):
-    raise DatasetNotAvailableError(
-        f"Image folder {path} does not exist or is not a directory. "
-        f"{_FOLDER_LAYOUTS}")
-  return _scan_folder_cached(os.path.abspath(path))
-
-
-_FOLDER_LAYOUTS = (
-    "Valid layouts (images .jpg/.jpeg/.png): PATH/train/<class>/* with an "
-    "optional PATH/test|val|validation/<class>/*; PATH/<class>/* (train only); "
-    "or images directly in PATH (unlabelled, train only).")
-
-
-@functools.lru_cache(maxsize=4)
-def _scan_folder_cached(path: str) -> _Folder:
-  subdirs = _subdirs(path)
-  if "train" in subdirs:
-    split_dirs = {"train": os.path.join(path, "train")}
-    for name in _FOLDER_TEST_NAMES:
-      if name in subdirs:
-        split_dirs["test"] = os.path.join(path, name)
-        break
-  else:
-    split_dirs = {"train": path}
-  train_dir = split_dirs["train"]
-  class_names = [d for d in _subdirs(train_dir)
-                 if _images_in(os.path.join(train_dir, d))]
-  loose = _images_in(train_dir)
-  if class_names and loose:
-    raise ConfigError(
-        f"Image folder {train_dir} has both images and class subfolders "
-        f"({loose[0]}, ... and {class_names[0]}/...); use one. "
-        f"{_FOLDER_LAYOUTS}")
-  classes = tuple(class_names) if class_names else None
-  splits = {}
-  for split, directory in split_dirs.items():
-    paths, labels = [], []
-    if classes is None:
-      paths = _images_in(directory)
-      labels = [-1] * len(paths)
-    else:
-      extra = sorted(set(d for d in _subdirs(directory)
-                         if _images_in(os.path.join(directory, d)))
-                     - set(classes))
-      if extra:
-        raise ConfigError(
-            f"Image folder {directory} has classes {extra} that "
-            f"{train_dir} lacks; train classes: {list(classes)}.")
-      for label, c in enumerate(classes):
-        d = os.path.join(directory, c)
-        files = _images_in(d) if os.path.isdir(d) else []
-        paths += files
-        labels += [label] * len(files)
-    paths, labels = _drop_broken_images(paths, labels, directory)
-    if not paths:
-      raise ConfigError(f"Image folder {directory} ({split} split) has no "
-                        f"images. {_FOLDER_LAYOUTS}")
-    splits[split] = (np.asarray(paths), np.asarray(labels, np.int32))
-  return _Folder(classes, splits)
