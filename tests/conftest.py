@@ -145,6 +145,14 @@ def run_steps(config, num_devices, num_steps=2):
   return _jax.device_get(state), losses
 
 
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that nothing listens on now (the coordinator of a multi-process test)."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
 def run_main(workdir, tfds_dir, *flags, config_file="configs/byol.py", tiny=True, timeout=600):
   """`python main.py --config=config_file --workdir=...` in a subprocess, on 1 CPU backend."""
   cmd = [sys.executable, "main.py", f"--config={config_file}", f"--workdir={workdir}",

@@ -8,7 +8,6 @@ agree within float tolerance, and the two processes must hold the same state.
 
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -16,15 +15,10 @@ import numpy as np
 import pytest
 
 from sslx.core import mesh
+from conftest import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = ("byol", "simclr", "moco")
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _start(out, num_processes, process_id, port, local_devices):
@@ -40,8 +34,8 @@ def _start(out, num_processes, process_id, port, local_devices):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   one, two = tmp_path_factory.mktemp("one_process"), tmp_path_factory.mktemp("two_processes")
-  port = _free_port()
-  procs = [_start(one, 1, 0, _free_port(), 4),
+  port = free_port()
+  procs = [_start(one, 1, 0, free_port(), 4),
            _start(two, 2, 0, port, 2), _start(two, 2, 1, port, 2)]
   for p in procs:
     output, _ = p.communicate(timeout=600)

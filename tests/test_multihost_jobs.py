@@ -20,7 +20,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_EVAL, TINY_FLAGS
+from conftest import REPO, TINY_EVAL, TINY_FLAGS, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -36,15 +35,9 @@ FAST = ["--config.eval.knn=False", "--config.eval.linear=False", "--config.plots
         "--config.cpu_devices=1"]
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _launch(workdir, tfds_dir, num_processes, *flags, config_file="configs/byol.py",
             tiny=TINY_FLAGS + FAST):
-  port = _free_port()
+  port = free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
   procs = []
   for i in range(num_processes):

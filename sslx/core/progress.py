@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-
 from typing import TYPE_CHECKING
 
 from absl import logging

@@ -22,6 +22,7 @@ _CROP_ATTEMPTS = 10
 _DRAWS_PER_VIEW = 44
 _PHILOX = 1  # tf.random.Algorithm.PHILOX, as the raw ops want it.
 
+
 class ViewSampler:
   """Crop boxes of every crop of every view group, from per-(example, crop) Philox numbers."""
 

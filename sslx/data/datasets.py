@@ -9,9 +9,10 @@ Four kinds of source, all served to `input_pipeline` in the same form (a
 * TFDS names `cifar10`, `cifar100`, `stl10`, `imagenet2012`, `imagenette`.
 * `npz:/path/file.npz` - uint8 arrays `x_train` (N, H, W, C) and optionally
   `y_train`, `x_test`, `y_test` (C is 1 or 3; without `y_*`, unlabelled).
-* `folder:/path` (`sslx/data/folders.py`) - image files (.jpg/.jpeg/.png) in `path/train/<class>/` with
-  an optional `path/test|val|validation/<class>/`, or `path/<class>/` (train
-  only), or directly in `path/` (unlabelled, train only).
+* `folder:/path` (`sslx/data/folders.py`) - image files (.jpg/.jpeg/.png) in
+  `path/train/<class>/` with an optional `path/test|val|validation/<class>/`,
+  or `path/<class>/` (train only), or directly in `path/` (unlabelled, train
+  only).
 
 Images reach the pipeline as uint8 HWC with C = 1 or 3; the pipeline turns grey
 into RGB so that every encoder takes RGB and transfers across datasets.
@@ -49,7 +50,6 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 # three channels a grey digit becomes.
 MNIST_MEAN = (0.1307,) * 3
 MNIST_STD = (0.3081,) * 3
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +100,8 @@ class SplitSource:
   image_shape: tuple[int | None, int | None, int]
   index_start: int = 0
   index_stride: int = 1
-  decoded_bytes: int | None = None  # estimate of this shard's decoded uint8 images
-  table: dict[str, np.ndarray] | None = None  # random access: `dataset`'s elements as arrays
+  decoded_bytes: int | None = None  # TFDS: this shard's decoded uint8 images
+  table: dict[str, np.ndarray] | None = None  # npz, folders: `dataset`'s elements as arrays
 
 
 def get_dataset_info(data_config: Any) -> DatasetInfo:
@@ -228,7 +228,7 @@ def load_split(data_config: Any, split: str, *, process_index: int,
     y = np.full(len(x), -1, np.int32) if y is None else y
     if indices is not None:
       x, y = x[_checked(indices, len(x), split)], y[indices]
-    ds = tf.data.Dataset.from_tensor_slices({"image": x, "label": y})
+    elements = {"image": x, "label": y}
     decode, shape = None, x.shape[1:]
   else:
     folder = folders.scan(arg)
@@ -239,20 +239,20 @@ def load_split(data_config: Any, split: str, *, process_index: int,
     if indices is not None:
       keep = _checked(indices, len(paths), split)
       paths, labels = np.asarray(paths)[keep], np.asarray(labels)[keep]
-    ds = tf.data.Dataset.from_tensor_slices({"image": paths, "label": labels})
+    elements = {"image": paths, "label": labels}
     decode, shape = _decode_file, (None, None, 3)
+  ds = tf.data.Dataset.from_tensor_slices(elements)
   total = len(ds) if max_examples is None else min(max_examples, len(ds))
   ds = ds.take(total).shard(process_count, process_index)
   count = len(range(process_index, total, process_count))
   mine = slice(process_index, total, process_count)  # what take + shard keep
-  if decode is None:
-    decoded = int(x.nbytes) * count // max(len(x), 1)
-    table = {"image": x[mine], "label": np.asarray(y, np.int32)[mine]}
-  else:
-    decoded = None  # not needed: folders are read by index, never cached
-    table = {"image": np.asarray(paths)[mine], "label": np.asarray(labels, np.int32)[mine]}
   return SplitSource(ds, count, total, decode, tuple(shape), process_index, process_count,
-                     decoded, table)
+                     table={k: np.asarray(v)[mine] for k, v in elements.items()})
+
+
+def reads_by_index(data_config: Any) -> bool:
+  """npz arrays and image folders: any example can be read by its index (TFDS records cannot)."""
+  return _parse_name(data_config.dataset)[0] != "tfds"
 
 
 def _checked(indices: np.ndarray, size: int, split: str) -> np.ndarray:

@@ -8,27 +8,29 @@ the host), `label` int32 [local_batch] (-1 when unlabelled) and `index` int32
 on device elsewhere. The V crops of an image are numbered over the groups in
 order (sslx/data/views.py).
 
-The stream is a pure function of the seed. Example number i of this process's
-stream (counting from 0 over all epochs) is example j = i mod N of epoch
-e = i // N, where epoch e's order (a permutation, or a tf.data shuffle for TFDS) is seeded from
-(seed, process, e), and the random numbers of its view v come from the
-stateless Philox generator keyed by (seed, process) at counter (i * V + v) *
-11: a function of (seed, process, i, v) only. Since consecutive examples own
-consecutive counters, one Philox call draws the numbers of a whole batch, and
-the crop windows of a batch are computed with a few vectorised ops and cut and
-resized by one `tf.image.crop_and_resize` (images of variable size, such as
-ImageNet's, are cropped one at a time with the same numbers and the same op).
-Random-access sources (npz arrays, a folder's files) make one global stream
-instead, whatever the number of processes P: epoch e is a permutation of the
-whole split seeded by (seed, e), numbered with process 0's keys, and process
-p reads rows [p B_g / P, (p + 1) B_g / P) of each global batch of B_g, so P
-processes read exactly the batches one process reads (a 2-process run is
-the 1-process run). Resuming at `start_step=k` starts at global position
-k * B_g and reads by index from there: it costs the same anywhere in an
-epoch. For record files (TFDS), resuming builds process p's stream directly
-from epoch e0 = k * B // N at position k * B mod N. TFDS record files are read in sequence through
-a shuffle buffer; resuming skips the epoch's first examples while they are
-still encoded (or cached), before decoding or augmentation. Neither replays
+The stream is a pure function of the seed. Example number i of a stream
+(counting from 0 over all epochs) is example j = i mod N of epoch e = i // N,
+and the random numbers of its view v come from the stateless Philox generator
+at counter (i * V + v) * 11 of the stream's key: a function of (key, i, v)
+only. Since consecutive examples own consecutive counters, one Philox call
+draws the numbers of a whole batch, and the crop windows of a batch are
+computed with a few vectorised ops and cut and resized by one
+`tf.image.crop_and_resize` (images of variable size, such as ImageNet's, are
+cropped one at a time with the same numbers and the same op,
+sslx/data/crops.py).
+
+npz arrays and image folders are read by index: there is one global stream,
+keyed by the seed, whatever the number of processes P. Epoch e is a
+permutation of the whole split seeded by (seed, e), and process p reads rows
+[p B / P, (p + 1) B / P) of each global batch of B, so P processes read
+exactly the batches one process reads. Resuming at `start_step=k` starts
+reading at global position k * B: it costs the same anywhere in an epoch.
+
+TFDS record files are read in sequence, one shard per process, each with its
+own stream keyed by (seed, process): epoch e is a tf.data shuffle seeded by
+(seed, process, e). Resuming builds the stream directly from epoch
+e0 = k * B_local // N and skips the remaining examples while they are still
+encoded (or cached), before decoding or augmentation. Neither kind replays
 earlier epochs.
 
 Evaluation (`make_eval_iterator`) makes one deterministic pass over a split:
@@ -48,8 +50,8 @@ import numpy as np
 
 from sslx.data import crops
 from sslx.data import datasets
-from sslx.data.host_tf import tf
 from sslx.data import views as views_lib
+from sslx.data.host_tf import tf
 from sslx.errors import ConfigError
 
 # The RNG algorithm is named rather than 'auto_select', which may pick another
@@ -115,42 +117,82 @@ def make_pretrain_iterator(
   file_seed = int(np.random.SeedSequence([seed, process_index, 2])
                   .generate_state(1)[0]) % 2**31
   split = split or info.pretrain_split
+  # npz arrays and folders are read by index as one global stream that the
+  # processes split batch by batch, so every process loads the whole split and
+  # the stream's numbers are keyed by the seed alone (process 0's key: one
+  # process's stream is that stream). TFDS record files are read as one shard
+  # per process, each with its own stream.
+  by_index = datasets.reads_by_index(data_config)
   src = datasets.load_split(
-      data_config, split, process_index=process_index,
-      process_count=process_count, shuffle_files_seed=file_seed, indices=indices)
-  n = src.num_examples
-  if n <= 0:
+      data_config, split, process_index=0 if by_index else process_index,
+      process_count=1 if by_index else process_count, shuffle_files_seed=file_seed,
+      indices=indices)
+  if src.num_examples <= 0:
     raise ConfigError(
         f"Process {process_index} of {process_count} has no examples of "
         f"{info.name} split {split!r}.")
   par = _parallel(data_config)
+  key = tf.constant([seed, 0 if by_index else process_index], tf.int64)
+  shuffle_key = _fold_in(key, _PURPOSE_SHUFFLE)
+  sampler = crops.ViewSampler(_fold_in(key, _PURPOSE_AUGMENT), groups)
+  if by_index:
+    shuffle = int(data_config.shuffle_buffer or 0) > 1
+    ds = _random_access_stream(src, start_step * global_batch_size, global_batch_size,
+                               process_index, process_count, shuffle_key if shuffle else None)
+    decode = src.decode
+  else:
+    ds, decode = _record_stream(data_config, src, info.name, split, start_step * local_batch,
+                                shuffle_key, par)
+  if tf.TensorShape(src.image_shape).is_fully_defined():
+    # Equal image sizes: decode one by one, then crop whole batches at once.
+    if decode is not None:
+      ds = ds.map(lambda i, ex: (i, dict(ex, image=decode(ex["image"]))),
+                  num_parallel_calls=par, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True)
+
+    def augment_batch(position, ex):
+      u = sampler.draws(position[0], local_batch)
+      cut = sampler.crop(ex["image"], u)
+      return {"views": {k: _to_rgb(v) for k, v in cut.items()},
+              "label": ex["label"], "index": ex["index"]}
+
+    ds = ds.map(augment_batch, num_parallel_calls=par, deterministic=True)
+  else:
+    # Sizes vary (ImageNet, image folders): crop each image on its own.
+    def augment_one(position, ex):
+      image = ex["image"] if decode is None else decode(ex["image"])
+      cut = sampler.crop(image[None], sampler.draws(position, 1))
+      return {"views": {k: _to_rgb(v[0]) for k, v in cut.items()},
+              "label": ex["label"], "index": ex["index"]}
+
+    ds = ds.map(augment_one, num_parallel_calls=par, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True)
+  return _finish(ds, data_config).as_numpy_iterator()
+
+
+def _record_stream(data_config: Any, src: datasets.SplitSource, name: str, split: str,
+                   first: int, shuffle_key: tf.Tensor, par: int):
+  """(This process's (position, example) stream of record files from `first`, decode or None).
+
+  Epoch e is the shard in a tf.data shuffle seeded by (seed, process, e).
+  Resuming builds the stream directly from epoch first // N and skips the
+  first % N examples while they are still encoded (or cached), before
+  decoding or augmentation.
+  """
+  n = src.num_examples
   decode = src.decode
   start, stride = src.index_start, src.index_stride
   # The example's id: its position in this process's shard, mapped to the split.
   base = src.dataset.enumerate().map(
       lambda i, ex: {"image": ex["image"], "label": ex["label"],
                      "index": tf.cast(start + i * stride, tf.int32)})
-  # Random-access sources (npz arrays, a folder's files) are read by index and
-  # never cached: a cache is filled in stored order, which would tie the
-  # stream's order to whether this host has the memory for it.
-  cached = (decode is not None and src.table is None
-            and _cache_fits(data_config, src, info.name, split))
-  if cached:
+  if decode is not None and _cache_fits(data_config, src, name, split):
     # Cache decoded uint8 images: later epochs skip reading and decoding. The
     # cache belongs to `base`, so every epoch below (a fresh iterator over it
     # inside flat_map) reads the same cache.
     base = base.map(lambda ex: dict(ex, image=decode(ex["image"])),
                     num_parallel_calls=par, deterministic=True).cache()
     decode = None
-
-  # Random-access sources make one global stream that the processes split
-  # batch by batch, so its numbers are keyed by the seed alone (process 0's
-  # key: one process's stream is unchanged); record files are read as
-  # per-process shards, each with its own stream.
-  global_stream = src.table is not None and not cached
-  key = tf.constant([seed, 0 if global_stream else process_index], tf.int64)
-  shuffle_key = _fold_in(key, _PURPOSE_SHUFFLE)
-  sampler = crops.ViewSampler(_fold_in(key, _PURPOSE_AUGMENT), groups)
   buffer = min(int(data_config.shuffle_buffer or 0), n)
 
   def epoch(e: tf.Tensor) -> tf.data.Dataset:
@@ -165,40 +207,7 @@ def make_pretrain_iterator(
       ds = ds.shuffle(buffer, seed=epoch_seed)
     return tf.data.Dataset.zip(tf.data.Dataset.range(e * n, (e + 1) * n), ds)
 
-  first = start_step * local_batch
-  if global_stream:
-    whole = src if process_count == 1 else datasets.load_split(
-        data_config, split, process_index=0, process_count=1, indices=indices)
-    ds = _random_access_stream(whole, start_step * global_batch_size, global_batch_size,
-                               process_index, process_count,
-                               shuffle_key if buffer > 1 else None)
-  else:
-    ds = tf.data.Dataset.counter(first // n).flat_map(epoch).skip(first % n)
-  if tf.TensorShape(src.image_shape).is_fully_defined():
-    # Equal image sizes: decode one by one, then crop whole batches at once.
-    if decode is not None:
-      ds = ds.map(lambda i, ex: (i, dict(ex, image=decode(ex["image"]))),
-                  num_parallel_calls=par, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True)
-
-    def augment_batch(position, ex):
-      u = sampler.draws(position[0], local_batch)
-      crops = sampler.crop(ex["image"], u)
-      return {"views": {k: _to_rgb(v) for k, v in crops.items()},
-              "label": ex["label"], "index": ex["index"]}
-
-    ds = ds.map(augment_batch, num_parallel_calls=par, deterministic=True)
-  else:
-    # Sizes vary (ImageNet, image folders): crop each image on its own.
-    def augment_one(position, ex):
-      image = ex["image"] if decode is None else decode(ex["image"])
-      crops = sampler.crop(image[None], sampler.draws(position, 1))
-      return {"views": {k: _to_rgb(v[0]) for k, v in crops.items()},
-              "label": ex["label"], "index": ex["index"]}
-
-    ds = ds.map(augment_one, num_parallel_calls=par, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True)
-  return _finish(ds, data_config).as_numpy_iterator()
+  return tf.data.Dataset.counter(first // n).flat_map(epoch).skip(first % n), decode
 
 
 # Decoded images are cached in host memory only up to this share of it: the
@@ -387,7 +396,7 @@ def _resize_center_crop(image: tf.Tensor, resize_to: int,
   image = tf.cond(
       short == resize_to, lambda: image,
       lambda: crops.to_uint8(tf.image.resize(image, [new_h, new_w],
-                                        method="bilinear", antialias=True)))
+                                             method="bilinear", antialias=True)))
   # Offsets rounded as torchvision's CenterCrop does.
   top = tf.cast(tf.round(tf.cast(new_h - size, tf.float32) / 2), tf.int32)
   left = tf.cast(tf.round(tf.cast(new_w - size, tf.float32) / 2), tf.int32)
