@@ -408,6 +408,10 @@ def test_decoded_images_are_cached_only_where_they_fit_in_memory(tmp_path, caplo
   dc, views = _configs("mnist5k", image_size=16, data_dir=str(tmp_path))
   src = datasets.load_split(dc, "train", process_index=0, process_count=1)
   assert src.decoded_bytes == 4000 * 28 * 28 * 1 and src.table is None
+  # A subset (the few-label baselines' images) knows its size too.
+  subset = datasets.load_split(dc, "train", process_index=0, process_count=1,
+                               indices=np.arange(0, 4000, 40))
+  assert subset.decoded_bytes == 100 * 28 * 28 * 1
   with caplog.at_level("INFO"):
     ref = _take(_pretrain(dc, views, 8), 3)
   assert any("Caching the decoded images" in r.getMessage() for r in caplog.records)

@@ -214,9 +214,8 @@ def load_split(data_config: Any, split: str, *, process_index: int,
       raise ConfigError(f"{arg} has {shape[-1]}-channel images; sslx needs 1 "
                         "(grey) or 3 (RGB).")
     count = int(ds.cardinality())
-    decoded = count * int(np.prod(shape)) if None not in shape else None
     return SplitSource(ds, count, total, image_feature.decode_example, shape, index_start, 1,
-                       decoded)
+                       _decoded_bytes(count, shape))
 
   if kind == "npz":
     arrays = _load_npz(arg)
@@ -281,9 +280,14 @@ def _tfds_subset(name: str, data_config: Any, split: str, indices: np.ndarray,
   ds = ds.shard(process_count, process_index)
   image_feature = builder.info.features["image"]
   total = int(len(indices))
-  return SplitSource(ds, len(range(process_index, total, process_count)), total,
-                     image_feature.decode_example, tuple(image_feature.shape),
-                     process_index, process_count)
+  count = len(range(process_index, total, process_count))
+  return SplitSource(ds, count, total, image_feature.decode_example, tuple(image_feature.shape),
+                     process_index, process_count, _decoded_bytes(count, image_feature.shape))
+
+
+def _decoded_bytes(count: int, shape) -> int | None:
+  """uint8 bytes of `count` decoded images of `shape`; None where sizes vary."""
+  return count * int(np.prod(shape)) if None not in tuple(shape) else None
 
 
 def _decode_file(path: tf.Tensor) -> tf.Tensor:
