@@ -43,7 +43,7 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
   ))
   config_defaults.apply_dataset_preset(c, preset, "configs/byol.py")
 
-  if preset == "mnist5k":
+  if preset in config_defaults.DIGIT_PRESETS:
     # About 20 epochs in a few minutes on 2 cores, chosen by the runs in
     # experiments/README.md ("BYOL's kNN on the quick start"). With LARS the
     # projections collapsed to an effective rank of 3 of 128 within 100 steps

@@ -90,7 +90,7 @@ def _v2(c, preset):
   for v in (c.views.v1, c.views.v2):
     v.update(crop_area_min=0.2, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
              blur_prob=0.5, solarize_prob=0.0)
-  if preset == "mnist5k":
+  if preset in config_defaults.DIGIT_PRESETS:
     c.batch_size = 128
     # 600 steps at 20 px: kNN 5.7 points ahead of random init; 1,200 (38
     # epochs, 3 minutes): 7.6 (experiments/README.md, "Five minutes: 20 px digits").
@@ -116,7 +116,7 @@ def _v3(c, preset):
   c.optimizer.update(name="lars", base_learning_rate=0.6, weight_decay=1e-6,
                      trust_coefficient=0.001, warmup_epochs=10.0)
   # BYOL's asymmetric augmentations (the base defaults), crops from 0.08.
-  if preset == "mnist5k":
+  if preset in config_defaults.DIGIT_PRESETS:
     c.batch_size = 128
     c.train_steps = 800
     c.moco.update(dim=128, projector_hidden_dims=(1024,), predictor_hidden_dims=(1024,),

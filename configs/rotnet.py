@@ -42,7 +42,7 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
                      warmup_epochs=0.0)
   config_defaults.apply_dataset_preset(c, preset, "configs/rotnet.py")
 
-  if preset == "mnist5k":
+  if preset in config_defaults.DIGIT_PRESETS:
     # 64 images (256 rotated) for 1,200 steps, 19 epochs (it was 128 x 600 at
     # 28 px, 8.5 minutes on 2 cores). At 20 px, 64 x 800 ended 4.5 kNN points
     # ahead of random init and 64 x 1,200 6.4 (experiments/README.md,

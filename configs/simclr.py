@@ -59,7 +59,7 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
                      trust_coefficient=0.001, warmup_epochs=10.0)
   config_defaults.apply_dataset_preset(c, preset, "configs/simclr.py")
 
-  if preset == "mnist5k":
+  if preset in config_defaults.DIGIT_PRESETS:
     c.batch_size = 128
     # 600 steps at 20 px: kNN 6.5 points ahead of random init in 2.7 minutes;
     # 900: 7.4 points (experiments/README.md, "Five minutes: 20 px digits").

@@ -16,8 +16,10 @@ from sslx.config import overrides
 from sslx.core import optim
 from sslx.registry import Registry
 
-SHIPPED = [(m, p) for m in ("byol", "simclr", "moco", "rotnet")
-           for p in ("mnist5k", "cifar10", "cifar100", "imagenet")]
+METHODS = ("byol", "simclr", "moco", "rotnet", "relative_patch", "jigsaw", "context_encoder",
+           "exemplar", "instance_discrimination", "cpc", "supervised")
+SHIPPED = ([(m, p) for m in METHODS for p in ("mnist5k", "cifar10", "cifar100", "imagenet")]
+           + [("colorization", p) for p in ("mnistm5k", "cifar10", "cifar100", "imagenet")])
 
 
 @pytest.mark.parametrize("method, preset", SHIPPED)
@@ -166,7 +168,7 @@ def test_registries_name_the_closest_valid_names():
   assert str(info.value) == ("Unknown method 'byl' (config.method); did you mean 'byol'? "
                              "Valid: byol, simclr.")
   # Only listed modules are methods: base.py (and any helper beside the methods) is not.
-  assert methods.available() == ["byol", "moco", "rotnet", "simclr"]
+  assert methods.available() == sorted(METHODS + ("colorization",))
   with pytest.raises(errors.ConfigError, match="Unknown method 'base'"):
     methods.get_method_class(tiny_config(method="base"))
   with pytest.raises(errors.ConfigError, match="did you mean 'adamw'"):

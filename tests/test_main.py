@@ -182,7 +182,10 @@ def test_main_reports_bad_input_without_a_stack_trace(tmp_path, tfds_dir):
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (dict(method="simclrr"), ["Unknown method 'simclrr'", "did you mean 'simclr'? Valid: byol, moco, rotnet, simclr."]),
+    (dict(method="simclrr"), ["Unknown method 'simclrr'",
+                              "did you mean 'simclr'? Valid: byol, colorization, context_encoder, "
+                              "cpc, exemplar, instance_discrimination, jigsaw, moco, "
+                              "relative_patch, rotnet, simclr, supervised."]),
     (dict(method="simclr"), ["config.simclr", "configs/simclr.py"]),
     (dict(model=dict(name="resnet19")), ["resnet19", "resnet18", "resnet50"]),
     (dict(data=dict(dataset="cifar11")), ["cifar11", "cifar10", "mnist5k", "npz:", "folder:"]),

@@ -7,9 +7,11 @@ their method and dataset need. Every field is documented here once.
 import ml_collections
 
 # Training-split sizes, to express schedules in epochs.
-NUM_TRAIN_EXAMPLES = {"mnist5k": 4_000, "cifar10": 50_000, "cifar100": 50_000,
+NUM_TRAIN_EXAMPLES = {"mnist5k": 4_000, "mnistm5k": 4_000, "cifar10": 50_000, "cifar100": 50_000,
                       "imagenet2012": 1_281_167}
-PRESETS = ("mnist5k", "cifar10", "cifar100", "imagenet")
+PRESETS = ("mnist5k", "mnistm5k", "cifar10", "cifar100", "imagenet")
+# The embedded digit datasets (grey, and over colour photographs): one sizing.
+DIGIT_PRESETS = ("mnist5k", "mnistm5k")
 
 
 def view(**overrides) -> ml_collections.ConfigDict:
@@ -197,7 +199,9 @@ def apply_dataset_preset(c: ml_collections.ConfigDict, preset: str, config_file:
   Method configs call this first and then set their batch size, schedule,
   optimizer and views. `config_file` names the caller in the error message.
   """
-  if preset == "mnist5k":
+  if preset in DIGIT_PRESETS:
+    # mnistm5k: the same digits over colour photographs (sslx/data/mnistm5k.py),
+    # with the same network and schedule.
     # Sized for a 2-core CPU: a ResNet-10 at width 0.25 on the 28 px digits
     # resized to 20 px. Most of this tiny network's step is memory traffic
     # (layout copies, BatchNorm), which shrinks with the pixels (half as many
@@ -205,7 +209,7 @@ def apply_dataset_preset(c: ml_collections.ConfigDict, preset: str, config_file:
     # faster than at 28 px on 2 cores, which is what brings every quick start
     # under five minutes (experiments/README.md, "Five minutes: 20 px digits"). MNIST's
     # digits were themselves size-normalised to a 20 px box.
-    c.data.dataset = "mnist5k"
+    c.data.dataset = preset
     c.data.image_size = 20
     c.model.update(name="resnet10", width=0.25, stem="cifar")
     # The memory bank is 4,000 images (400 per class): k=200 would reach

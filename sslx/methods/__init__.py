@@ -12,9 +12,17 @@ from sslx.registry import Registry
 
 METHODS = Registry("method", "config.method", {
     "byol": "sslx.methods.byol:Method",
+    "colorization": "sslx.methods.colorization:Method",
+    "context_encoder": "sslx.methods.context_encoder:Method",
+    "cpc": "sslx.methods.cpc:Method",
+    "exemplar": "sslx.methods.exemplar:Method",
+    "instance_discrimination": "sslx.methods.instance_discrimination:Method",
+    "jigsaw": "sslx.methods.jigsaw:Method",
     "moco": "sslx.methods.moco:Method",
+    "relative_patch": "sslx.methods.relative_patch:Method",
     "rotnet": "sslx.methods.rotnet:Method",
     "simclr": "sslx.methods.simclr:Method",
+    "supervised": "sslx.methods.supervised:Method",
 })
 
 
@@ -33,6 +41,7 @@ def get_method_class(config) -> type[base.SSLMethod]:
   return METHODS.get(name)
 
 
-def get_method(config) -> base.SSLMethod:
-  """Instantiates `sslx.methods.<config.method>.Method(config)`."""
-  return get_method_class(config)(config)
+def get_method(config, dataset=None) -> base.SSLMethod:
+  """Instantiates `sslx.methods.<config.method>.Method(config)` for pretraining on `dataset`
+  (a DatasetInfo; None: unknown)."""
+  return get_method_class(config)(config, dataset=dataset)

@@ -15,6 +15,11 @@ What a method declares and receives:
     augmented}, 'label': int32 [B] (-1: unlabelled), 'index': int32 [B] (the
     example's id in the dataset, for memory banks)}, and `rngs` holds separate
     keys for the method's own sampling (`augment`), dropout and drop-path.
+  * `dataset`: the pretraining data's `DatasetInfo`, given by the trainer
+    (None in unit tests that need none), for what is sized by the dataset:
+    a memory bank or an exemplar classifier (one row per training image;
+    `batch['index']` is always below `num_train_examples`), a supervised
+    classifier (`num_classes`).
   * `param_groups()`: optional extra optimizer groups (their own learning-rate
     multiplier, frozen for the first steps or for ever), with
     `param_group(path)` naming the group of each parameter.
@@ -36,6 +41,7 @@ from sslx import errors
 from sslx import models
 from sslx.core.numerics import l2_normalize  # pylint: disable=unused-import  (for methods)
 from sslx.data import views as views_lib
+from sslx.data.info import DatasetInfo
 
 PyTree = Any
 
@@ -75,11 +81,12 @@ class SSLMethod(abc.ABC):
 
   view_groups: tuple[str, ...] = ("v1", "v2")
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, dataset: DatasetInfo | None = None):
     problems = self.config_problems(config)
     if problems:
       raise errors.ConfigError(" ".join(problems))
     self.config = config
+    self.dataset = dataset
     self.dtype = jnp.dtype(config.dtype)
     self.backbone = models.get_backbone(config.model)
     self.encoder = self.backbone.module(self.dtype)
@@ -145,6 +152,22 @@ class SSLMethod(abc.ABC):
   def init_module(module, rng, x):
     variables = module.init(rng, x, train=False)
     return variables["params"], variables.get("batch_stats", {})
+
+  def dataset_field(self, field: str) -> int:
+    """`num_train_examples` or `num_classes` of the pretraining data; ConfigError if unknown."""
+    value = getattr(self.dataset, field, None) if self.dataset is not None else None
+    if not value:
+      raise errors.ConfigError(
+          f"config.method={self.config.method!r} needs the {field} of its pretraining data "
+          f"({'one entry per training image' if field == 'num_train_examples' else 'a classifier'}),"
+          " which this dataset does not report.")
+    return int(value)
+
+  def classify(self, params, batch_stats, head, x):
+    """Encoder then `head` in training mode: (features [B, D], head output, new batch_stats)."""
+    features, bs_enc = self.encode(params["encoder"], batch_stats["encoder"], x)
+    out, bs_head = self.apply_train(head, params["head"], batch_stats["head"], features)
+    return features, out, {"encoder": bs_enc, "head": bs_head}
 
   def init_encoder(self, rng, images):
     """(params, batch_stats, zero features [B, D]) for the encoder, D = feature_dim."""

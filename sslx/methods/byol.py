@@ -49,8 +49,8 @@ class Method(base.SSLMethod):
         "predictor_learning_rate_multiplier": config_validation.POSITIVE,
     }, prefix="byol.")
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, **kwargs):
+    super().__init__(config, **kwargs)
     c = config.byol
     self.projector = models.MLP(hidden_dims=(c.projector_hidden_dim,),
                                 out_dim=c.projector_dim, dtype=self.dtype)

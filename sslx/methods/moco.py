@@ -144,8 +144,8 @@ class Method(base.SSLMethod):
             "exactly.")
     return problems
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, **kwargs):
+    super().__init__(config, **kwargs)
     c = config.moco
     self.version = c.version
     hidden = tuple(c.projector_hidden_dims) or (self.feature_dim,)

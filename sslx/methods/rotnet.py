@@ -50,8 +50,8 @@ class Method(base.SSLMethod):
 
   view_groups = ("v1",)
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, **kwargs):
+    super().__init__(config, **kwargs)
     self.head = models.MLP(hidden_dims=tuple(config.rotnet.head_hidden_dims),
                            out_dim=NUM_ROTATIONS, dtype=self.dtype)
 

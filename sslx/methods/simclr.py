@@ -59,8 +59,8 @@ class Method(base.SSLMethod):
         "color_jitter_strength": config_validation.NON_NEGATIVE,
     }, prefix="simclr.")
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, **kwargs):
+    super().__init__(config, **kwargs)
     c = config.simclr
     self.projector = models.MLP(hidden_dims=tuple(c.projector_hidden_dims),
                                 out_dim=c.projector_dim, last_bn=c.projector_last_bn,

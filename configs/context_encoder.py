@@ -1,0 +1,60 @@
+r"""Context encoders (Pathak et al., 2016, "Context encoders: feature learning
+by inpainting"), the L2 variant.
+
+  python main.py --config=configs/context_encoder.py --workdir=/tmp/sslx_context_encoder
+  python main.py --config=configs/context_encoder.py:cifar10 --workdir=/tmp/ce_c10
+  python main.py --config=configs/context_encoder.py:imagenet --workdir=gs://bucket/ce_in
+
+One view per image; a masked region (a quarter of the image) is set to the
+mean colour, the encoder reads the rest and a convolutional decoder
+(sslx/models/decoder.py) fills it in; L2 on the removed pixels only
+(sslx/methods/context_encoder.py).
+
+Presets (the part after ':'):
+  mnist5k   (default) the central square of the 20 px digits (10 x 10 px),
+            ResNet-10 at width 0.25, batch 64.
+  cifar10, cifar100
+            random blocks of 4 px over a quarter of the image (the paper's
+            best mask for feature learning, its Sec. 5.2). Not from the paper.
+  imagenet  random blocks of 16 px over a quarter of 128 px crops (the
+            paper's 227 px input, smaller here), ResNet-50; SGD, not from
+            the paper (which uses Adam and AlexNet).
+"""
+
+import ml_collections
+
+from sslx.config import defaults as config_defaults
+
+
+def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
+  c = config_defaults.base_config()
+  c.method = "context_encoder"
+  c.context_encoder = ml_collections.ConfigDict(dict(
+      mask="center",  # 'center', 'random_block' or 'random_blocks'
+      mask_fraction=0.25,  # of the image's area
+      block_size=4,  # px, for 'random_blocks'
+      decoder_channels=(64, 32, 16),  # one x2 upsampling per entry
+  ))
+  c.views = ml_collections.ConfigDict(dict(v1=config_defaults.view(
+      crop_area_min=0.3, color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,
+      solarize_prob=0.0)))
+  c.optimizer.update(name="sgd", base_learning_rate=0.2, weight_decay=5e-4, momentum=0.9,
+                     warmup_epochs=1.0)
+  config_defaults.apply_dataset_preset(c, preset, "configs/context_encoder.py")
+
+  if preset in config_defaults.DIGIT_PRESETS:
+    c.batch_size = 64
+    c.train_steps = 1200
+    config_defaults.keep_digits_whole(c)
+  elif preset in ("cifar10", "cifar100"):
+    c.batch_size = 256
+    c.train_steps = config_defaults.epochs_to_steps(100, preset, c.batch_size)
+    c.context_encoder.update(mask="random_blocks", block_size=4,
+                             decoder_channels=(256, 128, 64))
+  elif preset == "imagenet":
+    c.batch_size = 256
+    c.train_steps = config_defaults.epochs_to_steps(35, preset, c.batch_size)
+    c.views.v1.crop_size = 128
+    c.context_encoder.update(mask="random_blocks", block_size=16,
+                             decoder_channels=(512, 256, 128, 64, 32))
+  return c

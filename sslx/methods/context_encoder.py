@@ -1,0 +1,117 @@
+"""Context encoders: inpainting (Pathak, Krahenbuhl, Donahue, Darrell & Efros, 2016, arXiv:1604.07379).
+
+A region of the image is removed and an encoder-decoder fills it in from the
+context around it. Predicting what is missing needs an understanding of the
+scene beyond local texture, which is what the encoder should learn.
+
+Masks (`context_encoder.mask`), each covering `mask_fraction` of the image
+(the paper: a quarter):
+  * 'center': the central square (the paper's "central region");
+  * 'random_block': one square of that area at a random position;
+  * 'random_blocks': each cell of a grid of `block_size` px cells dropped
+    with probability `mask_fraction` (the paper's "random block" masks,
+    several blocks per image; the covered fraction is right on average).
+Removed pixels are set to 0 after normalisation, the dataset's mean colour
+(the paper fills them with the mean).
+
+Loss: the L2 reconstruction error over the removed pixels only, normalised by
+their number (paper eq. 1; the decoder's output elsewhere is not trained).
+The paper adds an adversarial loss (weight 0.999 against 0.001 for L2) for
+sharper inpainting. It is not implemented here: it would need a discriminator
+with an optimizer of its own, and sharpness of the filled-in pixels is not
+what transfer measures. So sslx's context encoder is the paper's L2 variant.
+
+The encoder is the transferable backbone; the decoder (sslx/models/decoder.py)
+reads its last feature map and is dropped at transfer time.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from sslx.config import validation as config_validation
+from sslx.methods import base
+from sslx.models import decoder as decoder_lib
+
+MASKS = ("center", "random_block", "random_blocks")
+
+
+def square_side(size: int, fraction: float) -> int:
+  """Side of the square covering `fraction` of a size x size image (at least 1 px)."""
+  return max(1, int(round(size * fraction ** 0.5)))
+
+
+def make_masks(rng: jax.Array, batch: int, size: int, kind: str, fraction: float,
+               block_size: int) -> jax.Array:
+  """Masks [B, S, S, 1], 1.0 where pixels are removed."""
+  rows = jnp.arange(size)[:, None]
+  cols = jnp.arange(size)[None, :]
+  if kind in ("center", "random_block"):
+    side = square_side(size, fraction)
+    if kind == "center":
+      top = jnp.full((batch, 2), (size - side) // 2)
+    else:
+      top = jax.random.randint(rng, (batch, 2), 0, size - side + 1)
+    inside = ((rows[None] >= top[:, 0, None, None]) & (rows[None] < top[:, 0, None, None] + side)
+              & (cols[None] >= top[:, 1, None, None]) & (cols[None] < top[:, 1, None, None] + side))
+    return inside[..., None].astype(jnp.float32)
+  cells = -(-size // block_size)
+  dropped = jax.random.bernoulli(rng, fraction, (batch, cells, cells)).astype(jnp.float32)
+  full = jnp.repeat(jnp.repeat(dropped, block_size, axis=1), block_size, axis=2)
+  return full[:, :size, :size, None]
+
+
+def masked_l2(prediction: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean over removed pixels (mask 1) and channels of the squared error; 0 if none removed."""
+  squared = jnp.square(prediction - target) * mask
+  count = jnp.sum(mask) * target.shape[-1]
+  return jnp.sum(squared) / jnp.maximum(count, 1.0)
+
+
+class Method(base.SSLMethod):
+  """Context encoder (L2 inpainting) on the generic trainer."""
+
+  view_groups = ("v1",)
+
+  @classmethod
+  def config_problems(cls, config):
+    return super().config_problems(config) + config_validation.check_fields(
+        config.context_encoder, {
+            "mask": config_validation.one_of(*MASKS),
+            "mask_fraction": config_validation.OPEN_UNIT_INTERVAL,
+            "block_size": config_validation.POSITIVE_INT,
+        }, prefix="context_encoder.")
+
+  def __init__(self, config, **kwargs):
+    super().__init__(config, **kwargs)
+    self.last_map = self.backbone.feature_map_names[-1]
+
+  def decoder(self, size: int) -> decoder_lib.ConvDecoder:
+    return decoder_lib.ConvDecoder(channels=tuple(self.config.context_encoder.decoder_channels),
+                                   out_channels=3, output_size=size, dtype=self.dtype)
+
+  def init(self, rng, images):
+    k_enc, k_dec = jax.random.split(rng)
+    params, batch_stats = {}, {}
+    params["encoder"], batch_stats["encoder"] = self.init_module(self.encoder, k_enc, images)
+    out = self.encoder.apply({"params": params["encoder"], "batch_stats": batch_stats["encoder"]},
+                             images, train=False)
+    params["decoder"], batch_stats["decoder"] = self.init_module(
+        self.decoder(images.shape[1]), k_dec, out.feature_maps[self.last_map])
+    return params, batch_stats, {}
+
+  def loss(self, params, batch_stats, method_state, batch, rngs, step):
+    del step
+    c = self.config.context_encoder
+    view = self.view(batch, "v1")
+    b, size = view.shape[0], view.shape[1]
+    mask = make_masks(rngs.augment, b, size, c.mask, c.mask_fraction, c.block_size)
+    context = view * (1.0 - mask).astype(view.dtype)
+    out, bs_enc = self.apply_train(self.encoder, params["encoder"], batch_stats["encoder"],
+                                   context)
+    prediction, bs_dec = self.apply_train(self.decoder(size), params["decoder"],
+                                          batch_stats["decoder"], out.feature_maps[self.last_map])
+    loss = masked_l2(prediction, view.astype(jnp.float32), mask)
+    return loss, base.LossOutput(
+        batch_stats={"encoder": bs_enc, "decoder": bs_dec}, method_state=method_state,
+        features=out.pooled, embeddings=out.pooled,
+        metrics={"masked_fraction": jnp.mean(mask)})

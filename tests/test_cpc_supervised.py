@@ -1,0 +1,82 @@
+"""CPC (row-causal context, InfoNCE vs numpy) and the supervised reference."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sslx import errors
+from sslx.methods import cpc, supervised
+from conftest import INFO, method_batch, step_rngs, tiny_config
+
+
+def test_patch_grid_cuts_overlapping_patches_at_the_stride():
+  images = jnp.arange(2 * 12 * 12, dtype=jnp.float32).reshape(2, 12, 12, 1)
+  grid = np.asarray(cpc.patch_grid(images, 4, 2))
+  assert grid.shape == (2, 5, 5, 4, 4, 1)
+  np.testing.assert_array_equal(grid[1, 2, 3], np.asarray(images)[1, 4:8, 6:10])
+
+
+def test_the_context_never_sees_the_rows_it_predicts():
+  module = cpc.RowCausalContext(width=8, layers=3)
+  z = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 5))
+  params = module.init(jax.random.PRNGKey(1), z)
+  base_out = np.asarray(module.apply(params, z))
+  for row in range(1, 6):
+    changed = z.at[:, row:].add(jax.random.normal(jax.random.PRNGKey(row), (2, 6 - row, 6, 5)))
+    out = np.asarray(module.apply(params, changed))
+    np.testing.assert_array_equal(out[:, :row], base_out[:, :row])  # rows above: unchanged
+    assert not np.allclose(out[:, row], base_out[:, row])  # its own row: it does see
+  # And the rows above do reach it (three layers of 3-row kernels: 6 rows back).
+  changed = z.at[:, 0].add(1.0)
+  assert not np.allclose(np.asarray(module.apply(params, changed))[:, 5], base_out[:, 5])
+
+
+def test_info_nce_matches_numpy_with_every_patch_of_the_batch_as_candidate():
+  rng = np.random.default_rng(0)
+  b, g, d, k, t = 2, 4, 6, 2, 0.1
+  predictions = rng.normal(size=(b, g, g, d)).astype(np.float32)
+  targets = rng.normal(size=(b, g, g, d)).astype(np.float32)
+  loss, _ = cpc.info_nce(jnp.asarray(predictions), jnp.asarray(targets), k, t)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  cands = unit(targets.reshape(-1, d).astype(np.float64))
+  terms = []
+  for bi in range(b):
+    for i in range(g - k):
+      for j in range(g):
+        scores = cands @ unit(predictions[bi, i, j].astype(np.float64)) / t
+        true = (bi * g + i + k) * g + j
+        terms.append(-(scores[true] - np.log(np.exp(scores).sum())))
+  np.testing.assert_allclose(loss, np.mean(terms), rtol=1e-5)
+
+
+def test_cpc_rejects_a_grid_too_small_to_predict_ahead():
+  config = tiny_config("cpc")
+  config.views.v1.crop_size = 16
+  config.cpc.update(patch_size=8, patch_stride=8, prediction_steps=2)  # a 2x2 grid
+  with pytest.raises(errors.ConfigError, match="2x2 grid"):
+    cpc.Method(config)
+
+
+def test_supervised_loss_is_cross_entropy_on_the_labels():
+  config = tiny_config("supervised", batch_size=4)
+  method = supervised.Method(config, dataset=INFO)
+  view = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3))
+  params, bs, state = method.init(jax.random.PRNGKey(0), view)
+  labels = jnp.array([1, 7, 7, 0])
+  loss, out = method.loss(params, bs, state, method_batch({"v1": view}, labels),
+                          step_rngs(jax.random.PRNGKey(2)), 0)
+  logits = np.asarray(method.classify(params, bs, method.head, view)[1], np.float64)
+  assert logits.shape == (4, INFO.num_classes)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  np.testing.assert_allclose(loss, -log_p[np.arange(4), np.asarray(labels)].mean(), rtol=1e-5)
+
+
+def test_supervised_refuses_unlabelled_pretraining_data():
+  stl = dataclasses.replace(INFO, name="stl10", pretrain_split="train+unlabelled")
+  with pytest.raises(errors.ConfigError, match="holds unlabelled images"):
+    supervised.Method(tiny_config("supervised"), dataset=stl)
+  with pytest.raises(errors.ConfigError, match="num_classes"):
+    supervised.Method(tiny_config("supervised"), dataset=dataclasses.replace(INFO, num_classes=None))
