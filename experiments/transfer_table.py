@@ -1,21 +1,36 @@
-r"""The transfer table of the README: every method's quick-start encoder, evaluated three ways.
+r"""The comparison table: every method pretrained, then evaluated four ways, beside random init.
 
   python experiments/transfer_table.py --root=/tmp/sslx_transfer
+  python experiments/transfer_table.py --root=/tmp/tt_rotnet --methods=RotNet,Jigsaw --seeds=0,1,2
 
-For each method it runs the quick start (`python main.py --config=configs/<m>.py`,
-skipped when ROOT/pretrain/<m> already holds a finished run), then, for each
-pretrained encoder and for a randomly initialised one, the three evaluators
-through main.py on the embedded mnist5k:
-  kNN (configs/knn_eval.py), linear probe (configs/linear_eval.py), and
+For each method (row) and seed it runs the method's quick start
+(`python main.py --config=configs/<m>.py --config.seed=S`; skipped when
+ROOT/pretrain/<m>/seed<S> already holds a finished run), so every method
+trains with its own preset's budget (each sized to a few minutes on a 2-core
+CPU). The supervised reference (`configs/supervised.py`, labels of the same
+4,000 images) is one more row. Then, for every pretrained encoder and a
+randomly initialised one, on the evaluation dataset (mnist5k's 1,000 test
+digits by default; `--eval_preset`):
+  kNN (configs/knn_eval.py), linear probe (configs/linear_eval.py),
+  few-label linear probes on 1 and 10 labelled images per class (the mean
+    of 5 draws), as the pretraining run measured them on its own dataset
+    (pretrain_results.json; left empty where that is not the evaluation's),
   fine-tuning on 10% of the labels (configs/finetune.py --config.label_fraction=0.1),
-plus supervised training from scratch on the same 10% (--config.checkpoint=scratch).
-Every evaluation uses seed 0, so every row fine-tunes on the same 400 images.
+plus a network trained from scratch on the same 10%. Colorization pretrains
+on mnistm5k (grey digits have no colour) and is evaluated like the others.
+With several seeds every cell is the mean and the spread (sample standard
+deviation) over them, pretraining and evaluation seeded alike.
+`--pretrain_flags` / `--eval_flags` pass overrides to every run (e.g. the
+shared CIFAR-10 subset: --eval_preset=cifar10
+--pretrain_flags="--config.data.dataset=npz:../shared/data/cifar10_5k.npz").
 Prints a Markdown table and writes ROOT/transfer_table.json.
 """
 
 import argparse
 import json
 import os
+import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -27,16 +42,30 @@ METHODS = {  # row name -> pretraining config
     "MoCo v2": "configs/moco.py",
     "MoCo v3": "configs/moco.py:v3",
     "RotNet": "configs/rotnet.py",
+    "Relative patch": "configs/relative_patch.py",
+    "Jigsaw": "configs/jigsaw.py",
+    "Colorization": "configs/colorization.py",
+    "Context encoder": "configs/context_encoder.py",
+    "Exemplar": "configs/exemplar.py",
+    "Instance discrimination": "configs/instance_discrimination.py",
+    "CPC": "configs/cpc.py",
+    "Supervised (labels)": "configs/supervised.py",
 }
 PROTOCOLS = {  # column -> (eval config, extra flags)
     "kNN": ("configs/knn_eval.py", []),
     "linear": ("configs/linear_eval.py", []),
     "fine-tune 10%": ("configs/finetune.py", ["--config.label_fraction=0.1"]),
 }
+# Read from the pretraining run's own evaluation (pretrain_results.json): linear
+# probes on N labelled images per class, mean of its draws, for the pretrained
+# and the random encoder on the pretraining dataset.
+FEW_LABELS = ("1", "10")
+COLUMNS = ("kNN", "linear") + tuple(f"{n} label{'s' if n != '1' else ''}/class"
+                                    for n in FEW_LABELS) + ("fine-tune 10%",)
 
 
 def _slug(name: str) -> str:
-  return name.lower().replace(" ", "_")
+  return name.lower().replace(" ", "_").replace("(", "").replace(")", "").replace("/", "_")
 
 
 def _main(config: str, workdir: str, *flags: str) -> float:
@@ -49,9 +78,34 @@ def _main(config: str, workdir: str, *flags: str) -> float:
   return time.perf_counter() - start
 
 
-def _finished(workdir: str) -> bool:
-  path = os.path.join(workdir, "pretrain_results.json")
-  return os.path.exists(path)
+def _top1(workdir: str) -> float:
+  with open(os.path.join(workdir, "eval_results.json")) as f:
+    return json.load(f)["top1"]
+
+
+def _few_label(encoders, row, seed, n, eval_dataset):
+  """Top-1 of the few-label probe with n labels per class, from a pretraining run's results."""
+  source, key = (row, "pretrained") if row != "random init" else (None, "random_init")
+  runs = [encoders[source][seed]] if source else [
+      by_seed[seed] for r, by_seed in encoders.items() if r != "random init"]
+  for workdir in runs:
+    with open(os.path.join(workdir, "pretrain_results.json")) as f:
+      results = json.load(f)
+    if results["dataset"] != eval_dataset:
+      continue
+    few = results.get("eval", {}).get(key, {}).get("few_label_linear", {})
+    if n in few:
+      return few[n]["top1"]
+  return None
+
+
+def _cell(values: list[float]) -> str:
+  if not values:
+    return "-"
+  mean = statistics.mean(values)
+  if len(values) == 1:
+    return f"{mean:.1%}"
+  return f"{mean:.1%} ± {statistics.stdev(values) * 100:.1f}"
 
 
 def main() -> None:
@@ -59,42 +113,72 @@ def main() -> None:
   parser.add_argument("--root", required=True, help="directory for every workdir")
   parser.add_argument("--methods", default=",".join(METHODS),
                       help=f"comma-separated rows among: {', '.join(METHODS)}")
+  parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+  parser.add_argument("--eval_preset", default="mnist5k", help="the evaluators' preset")
+  parser.add_argument("--pretrain_preset", default="",
+                      help="the pretraining configs' preset (default: each config's own)")
+  parser.add_argument("--pretrain_flags", default="", help="overrides for every pretraining")
+  parser.add_argument("--eval_flags", default="", help="overrides for every evaluation")
   args = parser.parse_args()
   rows = [m.strip() for m in args.methods.split(",") if m.strip()]
   unknown = [m for m in rows if m not in METHODS]
   if unknown:
     sys.exit(f"unknown methods {unknown}; valid: {', '.join(METHODS)}")
+  seeds = [int(s) for s in args.seeds.split(",")]
+  pretrain_flags = shlex.split(args.pretrain_flags)
+  eval_flags = shlex.split(args.eval_flags)
 
-  seconds = {}
-  encoders = {"random init": "random"}
+  seconds, pretrain_wall = {}, {}
+  encoders = {"random init": {s: "random" for s in seeds}}
   for row in rows:
-    workdir = os.path.join(args.root, "pretrain", _slug(row))
-    if not _finished(workdir):
-      seconds[f"pretrain {row}"] = _main(METHODS[row], workdir)
-    encoders[row] = workdir
+    config = METHODS[row]
+    if args.pretrain_preset and not (row == "Colorization" and args.pretrain_preset == "mnist5k"):
+      config = config.split(":")[0] + ":" + args.pretrain_preset
+    encoders[row] = {}
+    for seed in seeds:
+      workdir = os.path.join(args.root, "pretrain", _slug(row), f"seed{seed}")
+      if not os.path.exists(os.path.join(workdir, "pretrain_results.json")):
+        seconds[f"pretrain {row} {seed}"] = _main(config, workdir, f"--config.seed={seed}",
+                                                  *pretrain_flags)
+        pretrain_wall.setdefault(row, []).append(seconds[f"pretrain {row} {seed}"])
+      encoders[row][seed] = workdir
 
+  preset = f":{args.eval_preset}"
   table = {}
-  for row, checkpoint in encoders.items():
-    table[row] = {}
-    for column, (config, flags) in PROTOCOLS.items():
-      workdir = os.path.join(args.root, "eval", _slug(row), _slug(column))
-      seconds[f"{column} {row}"] = _main(config, workdir, f"--config.checkpoint={checkpoint}",
-                                         *flags)
-      table[row][column] = json.load(open(os.path.join(workdir, "eval_results.json")))
-  workdir = os.path.join(args.root, "eval", "scratch", "fine-tune_10%")
-  seconds["scratch"] = _main("configs/finetune.py", workdir, "--config.checkpoint=scratch",
-                             "--config.label_fraction=0.1")
-  table["supervised from scratch"] = {
-      "fine-tune 10%": json.load(open(os.path.join(workdir, "eval_results.json")))}
+  for row, by_seed in encoders.items():
+    table[row] = {column: [] for column in COLUMNS}
+    for seed, checkpoint in by_seed.items():
+      for n, column in zip(FEW_LABELS, COLUMNS[2:4]):
+        top1 = _few_label(encoders, row, seed, n, args.eval_preset)
+        if top1 is not None:
+          table[row][column].append(top1)
+      for column, (config, flags) in PROTOCOLS.items():
+        workdir = os.path.join(args.root, "eval", _slug(row), _slug(column), f"seed{seed}")
+        if not os.path.exists(os.path.join(workdir, "eval_results.json")):
+          seconds[f"{column} {row} {seed}"] = _main(
+              config + preset, workdir, f"--config.checkpoint={checkpoint}",
+              f"--config.seed={seed}", *flags, *eval_flags)
+        table[row][column].append(_top1(workdir))
+  table["from scratch (10% labels)"] = {"fine-tune 10%": []}
+  for seed in seeds:
+    workdir = os.path.join(args.root, "eval", "scratch", f"seed{seed}")
+    if not os.path.exists(os.path.join(workdir, "eval_results.json")):
+      seconds[f"scratch {seed}"] = _main("configs/finetune.py" + preset, workdir,
+                                         "--config.checkpoint=scratch",
+                                         "--config.label_fraction=0.1", f"--config.seed={seed}",
+                                         *eval_flags)
+    table["from scratch (10% labels)"]["fine-tune 10%"].append(_top1(workdir))
 
-  header = "| encoder | " + " | ".join(f"{c} top-1" for c in PROTOCOLS) + " |"
-  lines = [header, "|" + "---|" * (len(PROTOCOLS) + 1)]
+  header = "| encoder | pretraining wall | " + " | ".join(COLUMNS) + " |"
+  lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
   for row, by_column in table.items():
-    cells = [f"{by_column[c]['top1']:.1%}" if c in by_column else "-" for c in PROTOCOLS]
-    lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    wall = f"{statistics.mean(pretrain_wall[row]):.0f} s" if row in pretrain_wall else ""
+    cells = [_cell(by_column.get(c, [])) for c in COLUMNS]
+    lines.append(f"| {row} | {wall} | " + " | ".join(cells) + " |")
   print("\n".join(lines))
   with open(os.path.join(args.root, "transfer_table.json"), "w") as f:
-    json.dump({"table": table, "seconds": seconds}, f, indent=2)
+    json.dump({"table": table, "seconds": seconds, "seeds": seeds,
+               "pretrain_wall_s": pretrain_wall}, f, indent=2)
 
 
 if __name__ == "__main__":
