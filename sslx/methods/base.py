@@ -169,6 +169,27 @@ class SSLMethod(abc.ABC):
     out, bs_head = self.apply_train(head, params["head"], batch_stats["head"], features)
     return features, out, {"encoder": bs_enc, "head": bs_head}
 
+  def init_encoder_and_head(self, rng, images, head):
+    """(params, batch_stats) of the encoder and `head` (on the pooled features), keys
+    'encoder' and 'head'."""
+    k_enc, k_head = jax.random.split(rng)
+    params, batch_stats = {}, {}
+    params["encoder"], batch_stats["encoder"], x = self.init_encoder(k_enc, images)
+    params["head"], batch_stats["head"] = self.init_module(head, k_head, x)
+    return params, batch_stats
+
+  def init_encoder_and_decoder(self, rng, images, decoder, feature_map: str):
+    """(params, batch_stats) of the encoder and a dense `decoder` reading its `feature_map`,
+    keys 'encoder' and 'decoder'."""
+    k_enc, k_dec = jax.random.split(rng)
+    params, batch_stats = {}, {}
+    params["encoder"], batch_stats["encoder"] = self.init_module(self.encoder, k_enc, images)
+    out = self.encoder.apply({"params": params["encoder"], "batch_stats": batch_stats["encoder"]},
+                             images, train=False)
+    params["decoder"], batch_stats["decoder"] = self.init_module(
+        decoder, k_dec, out.feature_maps[feature_map])
+    return params, batch_stats
+
   def init_encoder(self, rng, images):
     """(params, batch_stats, zero features [B, D]) for the encoder, D = feature_dim."""
     params, batch_stats = self.init_module(self.encoder, rng, images)

@@ -90,14 +90,8 @@ class Method(base.SSLMethod):
                                    out_channels=3, output_size=size, dtype=self.dtype)
 
   def init(self, rng, images):
-    k_enc, k_dec = jax.random.split(rng)
-    params, batch_stats = {}, {}
-    params["encoder"], batch_stats["encoder"] = self.init_module(self.encoder, k_enc, images)
-    out = self.encoder.apply({"params": params["encoder"], "batch_stats": batch_stats["encoder"]},
-                             images, train=False)
-    params["decoder"], batch_stats["decoder"] = self.init_module(
-        self.decoder(images.shape[1]), k_dec, out.feature_maps[self.last_map])
-    return params, batch_stats, {}
+    return *self.init_encoder_and_decoder(rng, images, self.decoder(images.shape[1]),
+                                          self.last_map), {}
 
   def loss(self, params, batch_stats, method_state, batch, rngs, step):
     del step

@@ -56,23 +56,17 @@ class Method(base.SSLMethod):
                            out_dim=NUM_ROTATIONS, dtype=self.dtype)
 
   def init(self, rng, images):
-    k_enc, k_head = jax.random.split(rng)
-    params, batch_stats = {}, {}
-    params["encoder"], batch_stats["encoder"], x = self.init_encoder(k_enc, images)
-    params["head"], batch_stats["head"] = self.init_module(self.head, k_head, x)
-    return params, batch_stats, {}
+    return *self.init_encoder_and_head(rng, images, self.head), {}
 
   def loss(self, params, batch_stats, method_state, batch, rngs, step):
     del rngs, step
     view = self.view(batch, "v1")
     n = view.shape[0]
     x, labels = rotate_batch(view)
-    features, bs_enc = self.encode(params["encoder"], batch_stats["encoder"], x)
-    logits, bs_head = self.apply_train(self.head, params["head"], batch_stats["head"], features)
+    features, logits, new_stats = self.classify(params, batch_stats, self.head, x)
     loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
     accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
     # The unrotated copies (the first N) feed the online probe and monitoring.
     return loss, base.LossOutput(
-        batch_stats={"encoder": bs_enc, "head": bs_head}, method_state=method_state,
-        features=features[:n], embeddings=features[:n],
-        metrics={"rotation_accuracy": accuracy})
+        batch_stats=new_stats, method_state=method_state, features=features[:n],
+        embeddings=features[:n], metrics={"rotation_accuracy": accuracy})

@@ -44,11 +44,7 @@ class Method(base.SSLMethod):
                            out_dim=self.num_classes, dtype=self.dtype)
 
   def init(self, rng, images):
-    k_enc, k_head = jax.random.split(rng)
-    params, batch_stats = {}, {}
-    params["encoder"], batch_stats["encoder"], x = self.init_encoder(k_enc, images)
-    params["head"], batch_stats["head"] = self.init_module(self.head, k_head, x)
-    return params, batch_stats, {}
+    return *self.init_encoder_and_head(rng, images, self.head), {}
 
   def loss(self, params, batch_stats, method_state, batch, rngs, step):
     del rngs, step
