@@ -69,3 +69,67 @@ def test_the_encoder_never_sees_the_removed_pixels_and_the_decoder_fills_them():
   m = np.asarray(mask, bool)[..., 0]
   ref = np.mean((np.asarray(prediction)[m] - np.asarray(view)[m]) ** 2)
   np.testing.assert_allclose(loss, ref, rtol=1e-5)
+
+
+def test_adversarial_losses_against_numpy():
+  rng = np.random.default_rng(3)
+  real, fake = rng.normal(size=6).astype(np.float32), rng.normal(size=6).astype(np.float32)
+  d_loss, g_loss = ce.adversarial_losses(jnp.asarray(real), jnp.asarray(fake), jnp.asarray(fake))
+  sigmoid = lambda z: 1 / (1 + np.exp(-z.astype(np.float64)))
+  # Goodfellow et al. 2014: D maximises log D(x) + log(1 - D(G(z))); G minimises -log D(G(z)).
+  np.testing.assert_allclose(
+      d_loss, -np.mean(np.log(sigmoid(real))) - np.mean(np.log(1 - sigmoid(fake))), rtol=1e-5)
+  np.testing.assert_allclose(g_loss, -np.mean(np.log(sigmoid(fake))), rtol=1e-5)
+
+
+def test_the_adversarial_term_moves_each_player_by_its_own_loss_only():
+  w = 0.25  # large, so that a leak of either term would show
+  config = tiny_config("context_encoder", batch_size=4)
+  config.context_encoder.update(adversarial_weight=w, discriminator_channels=(8, 16))
+  method = ce.Method(config)
+  assert method.param_groups()["discriminator"].learning_rate_multiplier == 0.1
+  assert method.param_group(("discriminator", "conv0", "kernel")) == "discriminator"
+  assert method.param_group(("encoder", "stem", "kernel")) is None
+  view = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3))
+  params, bs, state = method.init(jax.random.PRNGKey(0), view)
+  assert set(params) == {"encoder", "decoder", "discriminator"}
+  rngs = step_rngs(jax.random.PRNGKey(2))
+  mask = ce.make_masks(rngs.augment, 4, 16, "center", 0.25, 4)
+
+  def by_hand(p):
+    """(L2, D's loss, G's loss) with every module applied by hand, no stop_gradient."""
+    enc, _ = method.apply_train(method.encoder, p["encoder"], bs["encoder"], view * (1 - mask))
+    prediction, _ = method.apply_train(method.decoder(16), p["decoder"], bs["decoder"],
+                                       enc.feature_maps[method.last_map])
+    d = lambda x: method.discriminator.apply({"params": p["discriminator"]}, x)
+    real, fake = d(view * mask), d(prediction * mask)
+    l2 = ce.masked_l2(prediction, view, mask)
+    d_loss = jnp.mean(jax.nn.softplus(-real)) + jnp.mean(jax.nn.softplus(fake))
+    return l2, d_loss, jnp.mean(jax.nn.softplus(-fake))
+
+  loss_fn = lambda p: method.loss(p, bs, state, method_batch({"v1": view}), rngs, 0)[0]
+  loss, out = method.loss(params, bs, state, method_batch({"v1": view}), rngs, 0)
+  l2, d_loss, g_loss = by_hand(params)
+  np.testing.assert_allclose(loss, (1 - w) * l2 + w * g_loss + d_loss, rtol=1e-5)
+  np.testing.assert_allclose(out.metrics["generator_loss"], g_loss, rtol=1e-5)
+  grads = jax.grad(loss_fn)(params)
+  # The discriminator: the gradient of its own loss alone (the generator's
+  # term does not reach it) ...
+  d_grads = jax.grad(lambda p: by_hand(p)[1])(params)["discriminator"]
+  chex_close = lambda a, b: jax.tree.map(
+      lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=1e-6), a, b)
+  chex_close(grads["discriminator"], d_grads)
+  # ... and the encoder and decoder: L2 plus the generator's term alone (the
+  # discriminator's loss does not reach them through the prediction).
+  g_grads = jax.grad(lambda p: (1 - w) * by_hand(p)[0] + w * by_hand(p)[2])(params)
+  chex_close({k: grads[k] for k in ("encoder", "decoder")},
+             {k: g_grads[k] for k in ("encoder", "decoder")})
+  full = jax.grad(lambda p: sum(by_hand(p)))(params)  # a leak would look like this
+  assert not np.allclose(full["discriminator"]["logit"]["kernel"],
+                         grads["discriminator"]["logit"]["kernel"], rtol=1e-3)
+
+
+def test_without_the_adversarial_term_there_is_no_discriminator():
+  method = ce.Method(tiny_config("context_encoder", batch_size=4))
+  params, _, _ = method.init(jax.random.PRNGKey(0), jnp.zeros((4, 16, 16, 3)))
+  assert set(params) == {"encoder", "decoder"} and method.param_groups() == {}

@@ -16,10 +16,22 @@ Removed pixels are set to 0 after normalisation, the dataset's mean colour
 
 Loss: the L2 reconstruction error over the removed pixels only, normalised by
 their number (paper eq. 1; the decoder's output elsewhere is not trained).
-The paper adds an adversarial loss (weight 0.999 against 0.001 for L2) for
-sharper inpainting. It is not implemented here: it would need a discriminator
-with an optimizer of its own, and sharpness of the filled-in pixels is not
-what transfer measures. So sslx's context encoder is the paper's L2 variant.
+
+The paper's joint loss (its Sec. 3.2) adds an adversarial term for sharper
+inpainting: L = (1 - w) L_rec + w L_adv with w = `adversarial_weight` (the
+paper: 0.001 against 0.999). A discriminator (sslx/models/discriminator.py)
+scores the removed region, real pixels against predicted ones, without the
+context around them (the paper found a discriminator that sees the context
+tells real from fake by the seam alone). The generator's term is the
+non-saturating -log D(fake). Both players train in the trainer's one step:
+  * the discriminator minimises -log D(real) - log(1 - D(fake)), with the
+    prediction held fixed (stop_gradient), so this term moves only it;
+  * the generator's term is computed with the discriminator's parameters
+    held fixed, so it moves only the encoder and decoder.
+The discriminator has its own optimizer group at `discriminator_lr_multiplier`
+times the rate (the paper trains the context encoder at 10x the
+discriminator's rate: 0.1). At w = 0 no discriminator is built: the L2
+variant, with exactly the L2 loss.
 
 The encoder is the transferable backbone; the decoder (sslx/models/decoder.py)
 reads its last feature map and is dropped at transfer time.
@@ -31,6 +43,7 @@ import jax.numpy as jnp
 from sslx.config import validation as config_validation
 from sslx.methods import base
 from sslx.models import decoder as decoder_lib
+from sslx.models import discriminator as discriminator_lib
 
 MASKS = ("center", "random_block", "random_blocks")
 
@@ -67,6 +80,19 @@ def masked_l2(prediction: jax.Array, target: jax.Array, mask: jax.Array) -> jax.
   return jnp.sum(squared) / jnp.maximum(count, 1.0)
 
 
+def adversarial_losses(real_logits: jax.Array, fake_logits: jax.Array,
+                       fake_logits_fixed_discriminator: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(discriminator loss, generator loss), means over the batch, from logits (> 0: real).
+
+  `fake_logits` score a prediction the discriminator must not move (its
+  gradient is stopped by the caller); `fake_logits_fixed_discriminator` score
+  it through a discriminator held fixed. -log sigmoid(z) = softplus(-z).
+  """
+  d_loss = jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+  g_loss = jnp.mean(jax.nn.softplus(-fake_logits_fixed_discriminator))
+  return d_loss, g_loss
+
+
 class Method(base.SSLMethod):
   """Context encoder (L2 inpainting) on the generic trainer."""
 
@@ -79,19 +105,48 @@ class Method(base.SSLMethod):
             "mask": config_validation.one_of(*MASKS),
             "mask_fraction": config_validation.OPEN_UNIT_INTERVAL,
             "block_size": config_validation.POSITIVE_INT,
+            "adversarial_weight": config_validation.UNIT_INTERVAL,
+            "discriminator_lr_multiplier": config_validation.POSITIVE,
         }, prefix="context_encoder.")
 
   def __init__(self, config, **kwargs):
     super().__init__(config, **kwargs)
     self.last_map = self.backbone.feature_map_names[-1]
+    self.adversarial_weight = float(config.context_encoder.adversarial_weight)
+    self.discriminator = discriminator_lib.ConvDiscriminator(
+        channels=tuple(config.context_encoder.discriminator_channels))
 
   def decoder(self, size: int) -> decoder_lib.ConvDecoder:
     return decoder_lib.ConvDecoder(channels=tuple(self.config.context_encoder.decoder_channels),
                                    out_channels=3, output_size=size, dtype=self.dtype)
 
   def init(self, rng, images):
-    return *self.init_encoder_and_decoder(rng, images, self.decoder(images.shape[1]),
-                                          self.last_map), {}
+    k_main, k_disc = jax.random.split(rng)
+    params, batch_stats = self.init_encoder_and_decoder(
+        k_main, images, self.decoder(images.shape[1]), self.last_map)
+    if self.adversarial_weight > 0:
+      params["discriminator"], _ = self.init_module(self.discriminator, k_disc, images)
+    return params, batch_stats, {}
+
+  def param_groups(self):
+    if self.adversarial_weight == 0:
+      return {}
+    return {"discriminator": base.ParamGroup(
+        self.config.context_encoder.discriminator_lr_multiplier)}
+
+  def param_group(self, path):
+    return "discriminator" if path[0] == "discriminator" else None
+
+  def adversarial_terms(self, disc_params, real, fake):
+    """(discriminator loss, generator loss, discriminator accuracy) on real and predicted regions."""
+    def score(p, x):
+      return self.discriminator.apply({"params": p}, x)
+    both = score(disc_params, jnp.concatenate([real, jax.lax.stop_gradient(fake)]))
+    real_logits, fake_logits = jnp.split(both, 2)
+    fixed = score(jax.lax.stop_gradient(disc_params), fake)
+    d_loss, g_loss = adversarial_losses(real_logits, fake_logits, fixed)
+    accuracy = 0.5 * (jnp.mean(real_logits > 0) + jnp.mean(fake_logits < 0))
+    return d_loss, g_loss, accuracy
 
   def loss(self, params, batch_stats, method_state, batch, rngs, step):
     del step
@@ -104,8 +159,17 @@ class Method(base.SSLMethod):
                                    context)
     prediction, bs_dec = self.apply_train(self.decoder(size), params["decoder"],
                                           batch_stats["decoder"], out.feature_maps[self.last_map])
-    loss = masked_l2(prediction, view.astype(jnp.float32), mask)
+    target = view.astype(jnp.float32)
+    loss = masked_l2(prediction, target, mask)
+    metrics = {"masked_fraction": jnp.mean(mask)}
+    if self.adversarial_weight > 0:
+      # The discriminator sees the removed region only, the rest zeroed.
+      d_loss, g_loss, accuracy = self.adversarial_terms(
+          params["discriminator"], target * mask, prediction * mask)
+      w = self.adversarial_weight
+      metrics.update(reconstruction_loss=loss, generator_loss=g_loss,
+                     discriminator_loss=d_loss, discriminator_accuracy=accuracy)
+      loss = (1.0 - w) * loss + w * g_loss + d_loss
     return loss, base.LossOutput(
         batch_stats={"encoder": bs_enc, "decoder": bs_dec}, method_state=method_state,
-        features=out.pooled, embeddings=out.pooled,
-        metrics={"masked_fraction": jnp.mean(mask)})
+        features=out.pooled, embeddings=out.pooled, metrics=metrics)
