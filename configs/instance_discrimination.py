@@ -11,7 +11,8 @@ method state (sslx/methods/instance_discrimination.py, memory_bank.py).
 
 Presets (the part after ':'):
   mnist5k   (default) the full softmax over the 4,000-entry bank, ResNet-10
-            at width 0.25, batch 128.
+            at width 0.25, batch 128; an MLP (512 hidden) instead of the
+            paper's linear layer to the embedding.
   cifar10, cifar100
             the paper's CIFAR setting (Sec. 4.1): NCE with 4,096 negatives,
             temperature 0.07, bank momentum 0.5, SGD lr 0.03 at batch 256
@@ -48,6 +49,11 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
     c.batch_size = 128
     c.train_steps = 1200
     c.optimizer.base_learning_rate = 0.4
+    # A 512-d hidden layer before the 128-d embedding, as the contrastive
+    # methods after NPID have (SimCLR, MoCo v2): with NPID's linear layer the
+    # backbone's kNN accuracy ended 4 points below random init (83.1%), with
+    # it 5.7 points above (93.1%; experiments/README.md, issue 17).
+    c.instance_discrimination.head_hidden_dims = (512,)
     config_defaults.keep_digits_whole(c)
   elif preset in ("cifar10", "cifar100"):
     c.batch_size = 256
