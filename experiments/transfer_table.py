@@ -83,6 +83,11 @@ def _top1(workdir: str) -> float:
     return json.load(f)["top1"]
 
 
+def _eval_dataset(workdir: str) -> str:
+  with open(os.path.join(workdir, "eval_results.json")) as f:
+    return json.load(f)["dataset"]
+
+
 def _few_label(encoders, row, seed, n, eval_dataset):
   """Top-1 of the few-label probe with n labels per class, from a pretraining run's results."""
   source, key = (row, "pretrained") if row != "random init" else (None, "random_init")
@@ -148,10 +153,6 @@ def main() -> None:
   for row, by_seed in encoders.items():
     table[row] = {column: [] for column in COLUMNS}
     for seed, checkpoint in by_seed.items():
-      for n, column in zip(FEW_LABELS, COLUMNS[2:4]):
-        top1 = _few_label(encoders, row, seed, n, args.eval_preset)
-        if top1 is not None:
-          table[row][column].append(top1)
       for column, (config, flags) in PROTOCOLS.items():
         workdir = os.path.join(args.root, "eval", _slug(row), _slug(column), f"seed{seed}")
         if not os.path.exists(os.path.join(workdir, "eval_results.json")):
@@ -159,6 +160,13 @@ def main() -> None:
               config + preset, workdir, f"--config.checkpoint={checkpoint}",
               f"--config.seed={seed}", *flags, *eval_flags)
         table[row][column].append(_top1(workdir))
+      # The dataset the evaluators used (the preset's, or --eval_flags' override).
+      eval_dataset = _eval_dataset(os.path.join(args.root, "eval", _slug(row), "knn",
+                                                f"seed{seed}"))
+      for n, column in zip(FEW_LABELS, COLUMNS[2:4]):
+        top1 = _few_label(encoders, row, seed, n, eval_dataset)
+        if top1 is not None:
+          table[row][column].append(top1)
   table["from scratch (10% labels)"] = {"fine-tune 10%": []}
   for seed in seeds:
     workdir = os.path.join(args.root, "eval", "scratch", f"seed{seed}")
