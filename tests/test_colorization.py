@@ -137,3 +137,36 @@ def test_colorization_has_no_grey_preset():
   with pytest.raises(ValueError, match="grey digits have no colour"):
     colorization_config.get_config("mnist5k")
   assert colorization_config.get_config().data.dataset == "mnistm5k"
+
+
+def test_data_grey_gives_every_image_as_the_lightness_the_encoder_saw():
+  """`data.grey`: the evaluators (and pretraining) see what colorization's encoder saw."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from sslx.data import input_pipeline  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+  rgb[0, 0, :4] = [[0, 0, 0], [255, 255, 255], [255, 0, 0], [3, 5, 2]]  # extremes, linear segment
+  grey = input_pipeline.grey_of_same_lightness(tf.constant(rgb)).numpy()
+  assert grey.dtype == np.uint8
+  np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
+  # The same as the Lab path of the method (L kept, a = b = 0), up to uint8 rounding.
+  config = tiny_config("colorization", arg="mnistm5k")
+  method = colorization.Method(config)
+  view = (jnp.asarray(rgb, jnp.float32) / 255.0 - method.mean) / method.std
+  expected = np.asarray(method.split_lab(view)[0] * method.std + method.mean) * 255.0
+  np.testing.assert_allclose(grey, expected, atol=0.51 + 0.05)
+  # Through the eval and pretraining pipelines: grey, and the lightness of the colour image.
+  config.data.update(image_size=28, grey=True)
+  batch = next(iter(input_pipeline.make_eval_iterator(config.data, "test", batch_size=8,
+                                                      process_index=0, process_count=1)))
+  config.data.grey = False
+  colour = next(iter(input_pipeline.make_eval_iterator(config.data, "test", batch_size=8,
+                                                       process_index=0, process_count=1)))
+  np.testing.assert_array_equal(batch["image"],
+                                input_pipeline.grey_of_same_lightness(colour["image"]).numpy())
+  assert np.abs(colour["image"][..., 0].astype(int) - colour["image"][..., 2]).mean() > 10
+  config.data.grey = True
+  views = next(input_pipeline.make_pretrain_iterator(
+      config.data, config.views, global_batch_size=8, seed=0, view_groups=["v1"],
+      process_index=0, process_count=1))["views"]["v1"]
+  np.testing.assert_array_equal(views[..., 0], views[..., 1])

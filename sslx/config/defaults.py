@@ -66,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
       download=True,  # let tfds download and prepare a missing dataset
       image_size=28,
       eval_crop_fraction=1.0,  # center crop fraction for eval (0.875 on ImageNet)
+      # Every image as the neutral grey of its CIE lightness L (what colorization's
+      # encoder sees): evaluate a colorization encoder as its paper does.
+      grey=False,
       # TFDS: tf.data's shuffle buffer. npz and folders take a full permutation per
       # epoch (any value > 1; 0 or 1 keeps stored order).
       shuffle_buffer=50_000,

@@ -132,6 +132,7 @@ def make_pretrain_iterator(
         f"Process {process_index} of {process_count} has no examples of "
         f"{info.name} split {split!r}.")
   par = _parallel(data_config)
+  to_rgb = _rgb_converter(data_config)
   key = tf.constant([seed, 0 if by_index else process_index], tf.int64)
   shuffle_key = _fold_in(key, _PURPOSE_SHUFFLE)
   sampler = crops.ViewSampler(_fold_in(key, _PURPOSE_AUGMENT), groups)
@@ -153,7 +154,7 @@ def make_pretrain_iterator(
     def augment_batch(position, ex):
       u = sampler.draws(position[0], local_batch)
       cut = sampler.crop(ex["image"], u)
-      return {"views": {k: _to_rgb(v) for k, v in cut.items()},
+      return {"views": {k: to_rgb(v) for k, v in cut.items()},
               "label": ex["label"], "index": ex["index"]}
 
     ds = ds.map(augment_batch, num_parallel_calls=par, deterministic=True)
@@ -162,7 +163,7 @@ def make_pretrain_iterator(
     def augment_one(position, ex):
       image = ex["image"] if decode is None else decode(ex["image"])
       cut = sampler.crop(image[None], sampler.draws(position, 1))
-      return {"views": {k: _to_rgb(v[0]) for k, v in cut.items()},
+      return {"views": {k: to_rgb(v[0]) for k, v in cut.items()},
               "label": ex["label"], "index": ex["index"]}
 
     ds = ds.map(augment_one, num_parallel_calls=par, deterministic=True)
@@ -182,6 +183,7 @@ def _record_stream(data_config: Any, src: datasets.SplitSource, name: str, split
   n = src.num_examples
   decode = src.decode
   start, stride = src.index_start, src.index_stride
+  to_rgb = _rgb_converter(data_config)
   # The example's id: its position in this process's shard, mapped to the split.
   base = src.dataset.enumerate().map(
       lambda i, ex: {"image": ex["image"], "label": ex["label"],
@@ -335,11 +337,12 @@ def make_eval_iterator(
   resize_to = int(round(image_size / fraction))
 
   start, stride = src.index_start, src.index_stride
+  to_rgb = _rgb_converter(data_config)
 
   def prepare(i, ex):
     image = ex["image"] if decode is None else decode(ex["image"])
     image = _resize_center_crop(image, resize_to, image_size)
-    return {"image": _to_rgb(image), "label": ex["label"], "mask": tf.constant(True),
+    return {"image": to_rgb(image), "label": ex["label"], "mask": tf.constant(True),
             "index": tf.cast(start + i * stride, tf.int32)}
 
   ds = src.dataset.enumerate().map(prepare, num_parallel_calls=_parallel(data_config),
@@ -409,6 +412,31 @@ def _to_rgb(images: tf.Tensor) -> tf.Tensor:
   if images.shape[-1] == 1:
     return tf.tile(images, [1] * (images.shape.rank - 1) + [3])
   return images
+
+
+def grey_of_same_lightness(images: tf.Tensor) -> tf.Tensor:
+  """uint8 sRGB [..., 3] -> the neutral grey with the same CIE lightness L, as uint8 RGB.
+
+  What colorization's encoder sees (sslx.data.lab: L kept, a = b = 0, back to
+  sRGB). With a = b = 0 the colour is the grey whose linear value is the
+  luminance Y, so no Lab round trip is needed: linearise, Y, re-encode.
+  """
+  images = tf.convert_to_tensor(images)
+  x = tf.cast(images, tf.float32) / 255.0
+  linear = tf.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
+  y = tf.tensordot(linear, tf.constant([0.212671, 0.715160, 0.072169]), 1)[..., None]
+  grey = tf.where(y > 0.0031308, 1.055 * tf.maximum(y, 0.0031308) ** (1 / 2.4) - 0.055,
+                  12.92 * y)
+  grey = tf.cast(tf.round(tf.clip_by_value(grey, 0.0, 1.0) * 255.0), tf.uint8)
+  return tf.tile(grey, [1] * (images.shape.rank - 1) + [3])
+
+
+def _rgb_converter(data_config: Any):
+  """`_to_rgb`, or with `data.grey` every colour image as its lightness only."""
+  if not data_config.get("grey", False):
+    return _to_rgb
+  return lambda images: (_to_rgb(images) if images.shape[-1] == 1
+                         else grey_of_same_lightness(images))
 
 
 # ---------------------------------------------------------------- helpers ----
