@@ -18,6 +18,8 @@ PRETEXT = ("relative_patch", "jigsaw", "colorization", "context_encoder", "exemp
 
 
 def small(name):
+  adversarial = name == "context_encoder_adversarial"  # with the discriminator
+  name = "context_encoder" if adversarial else name
   config = tiny_config(name, arg="mnistm5k" if name == "colorization" else None)
   if name == "relative_patch":
     config.views.v1.crop_size = 24
@@ -33,11 +35,12 @@ def small(name):
   elif name == "colorization":
     config.colorization.decoder_channels = (8, 8, 8)
   elif name == "context_encoder":
-    config.context_encoder.decoder_channels = (8, 8, 8)
+    config.context_encoder.update(decoder_channels=(8, 8, 8), discriminator_channels=(8, 8),
+                                  adversarial_weight=0.5 if adversarial else 0.0)
   return config
 
 
-@pytest.mark.parametrize("name", PRETEXT)
+@pytest.mark.parametrize("name", PRETEXT + ("context_encoder_adversarial",))
 def test_eight_devices_match_one_device(name):
   config = small(name)
   (state1, losses1), (state8, losses8) = run_steps(config, 1), run_steps(config, 8)
