@@ -19,7 +19,10 @@ digits by default; `--eval_preset`):
 plus a network trained from scratch on the same 10%. Colorization pretrains
 on mnistm5k (grey digits have no colour) and is evaluated like the others.
 With several seeds every cell is the mean and the spread (sample standard
-deviation) over them, pretraining and evaluation seeded alike.
+deviation) over them, pretraining and evaluation seeded alike. The
+"pretraining wall" column is each job's own time after its imports
+(pretrain_results.json's wall_seconds), so runs reused from an earlier call
+keep theirs.
 `--pretrain_flags` / `--eval_flags` pass overrides to every run (e.g. the
 shared CIFAR-10 subset: --eval_preset=cifar10
 --pretrain_flags="--config.data.dataset=npz:../shared/data/cifar10_5k.npz").
@@ -145,7 +148,11 @@ def main() -> None:
       if not os.path.exists(os.path.join(workdir, "pretrain_results.json")):
         seconds[f"pretrain {row} {seed}"] = _main(config, workdir, f"--config.seed={seed}",
                                                   *pretrain_flags)
-        pretrain_wall.setdefault(row, []).append(seconds[f"pretrain {row} {seed}"])
+      # The job's own wall (after its imports), also for runs reused from an earlier call.
+      with open(os.path.join(workdir, "pretrain_results.json")) as f:
+        wall = json.load(f).get("wall_seconds")
+      if wall is not None:
+        pretrain_wall.setdefault(row, []).append(wall)
       encoders[row][seed] = workdir
 
   preset = f":{args.eval_preset}"
