@@ -81,14 +81,22 @@ def _main(config: str, workdir: str, *flags: str) -> float:
   return time.perf_counter() - start
 
 
+# The files main.py's jobs write (sslx.evaluation.compare names them; not imported
+# here, so this driver stays free of jax).
+PRETRAIN_FILE, EVAL_FILE = "pretrain_results.json", "eval_results.json"
+
+
+def _results(workdir: str, name: str) -> dict:
+  with open(os.path.join(workdir, name)) as f:
+    return json.load(f)
+
+
 def _top1(workdir: str) -> float:
-  with open(os.path.join(workdir, "eval_results.json")) as f:
-    return json.load(f)["top1"]
+  return _results(workdir, EVAL_FILE)["top1"]
 
 
 def _eval_dataset(workdir: str) -> str:
-  with open(os.path.join(workdir, "eval_results.json")) as f:
-    return json.load(f)["dataset"]
+  return _results(workdir, EVAL_FILE)["dataset"]
 
 
 def _few_label(encoders, row, seed, n, eval_dataset):
@@ -97,8 +105,7 @@ def _few_label(encoders, row, seed, n, eval_dataset):
   runs = [encoders[source][seed]] if source else [
       by_seed[seed] for r, by_seed in encoders.items() if r != "random init"]
   for workdir in runs:
-    with open(os.path.join(workdir, "pretrain_results.json")) as f:
-      results = json.load(f)
+    results = _results(workdir, PRETRAIN_FILE)
     if results["dataset"] != eval_dataset:
       continue
     few = results.get("eval", {}).get(key, {}).get("few_label_linear", {})
@@ -145,12 +152,11 @@ def main() -> None:
     encoders[row] = {}
     for seed in seeds:
       workdir = os.path.join(args.root, "pretrain", _slug(row), f"seed{seed}")
-      if not os.path.exists(os.path.join(workdir, "pretrain_results.json")):
+      if not os.path.exists(os.path.join(workdir, PRETRAIN_FILE)):
         seconds[f"pretrain {row} {seed}"] = _main(config, workdir, f"--config.seed={seed}",
                                                   *pretrain_flags)
       # The job's own wall (after its imports), also for runs reused from an earlier call.
-      with open(os.path.join(workdir, "pretrain_results.json")) as f:
-        wall = json.load(f).get("wall_seconds")
+      wall = _results(workdir, PRETRAIN_FILE).get("wall_seconds")
       if wall is not None:
         pretrain_wall.setdefault(row, []).append(wall)
       encoders[row][seed] = workdir
@@ -162,7 +168,7 @@ def main() -> None:
     for seed, checkpoint in by_seed.items():
       for column, (config, flags) in PROTOCOLS.items():
         workdir = os.path.join(args.root, "eval", _slug(row), _slug(column), f"seed{seed}")
-        if not os.path.exists(os.path.join(workdir, "eval_results.json")):
+        if not os.path.exists(os.path.join(workdir, EVAL_FILE)):
           seconds[f"{column} {row} {seed}"] = _main(
               config + preset, workdir, f"--config.checkpoint={checkpoint}",
               f"--config.seed={seed}", *flags, *eval_flags)
@@ -177,7 +183,7 @@ def main() -> None:
   table["from scratch (10% labels)"] = {"fine-tune 10%": []}
   for seed in seeds:
     workdir = os.path.join(args.root, "eval", "scratch", f"seed{seed}")
-    if not os.path.exists(os.path.join(workdir, "eval_results.json")):
+    if not os.path.exists(os.path.join(workdir, EVAL_FILE)):
       seconds[f"scratch {seed}"] = _main("configs/finetune.py" + preset, workdir,
                                          "--config.checkpoint=scratch",
                                          "--config.label_fraction=0.1", f"--config.seed={seed}",
