@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, subprocess_env
 
 
 @pytest.mark.slow
@@ -17,7 +17,7 @@ def test_benchmark_reports_step_input_and_end_to_end(tmp_path):
          f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.model.width=0.125",
          "--config.batch_size=16", "--config.cpu_devices=2", "--seconds=0.5", "--warmup=1",
          f"--out={out}", f"--profile={tmp_path / 'trace'}"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+  env = subprocess_env()
   result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = [json.loads(line) for line in out.read_text().splitlines()]

@@ -11,8 +11,7 @@ import pytest
 
 from sslx.core import checkpointing
 from sslx import errors
-from conftest import REPO, TINY_FLAGS
-from conftest import TINY_EVAL
+from conftest import REPO, TINY_EVAL, TINY_FLAGS, subprocess_env
 
 
 @pytest.mark.slow
@@ -38,7 +37,7 @@ def test_kill_9_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_p
 @pytest.mark.slow
 def test_evaluator_reads_a_workdir_while_pretraining_writes_to_it(tmp_path):
   workdir, tfds_dir = str(tmp_path / "run"), str(tmp_path / "tfds")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+  env = subprocess_env()
   # Keep one checkpoint, written every step: the reader races the deletion of
   # the step it is reading as often as it can.
   pretraining = subprocess.Popen(

@@ -16,7 +16,7 @@ from sslx import errors
 from sslx import models
 from sslx.export import portable
 from sslx.export import torch_resnet
-from conftest import REPO
+from conftest import REPO, subprocess_env
 
 ARCHITECTURES = [("resnet10", 0.25, "cifar", 28), ("resnet18", 1.0, "cifar", 32),
                  ("resnet50", 0.125, "imagenet", 64)]
@@ -171,7 +171,7 @@ def test_load_encoder_gives_features_maps_and_preprocessing(tmp_path, pretrained
 
 @pytest.mark.slow
 def test_export_job_writes_checks_and_refuses_bad_input(tmp_path, pretrained):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+  env = subprocess_env()
 
   def export(workdir, *flags):
     return subprocess.run([sys.executable, "main.py", "--config=configs/export.py",

@@ -16,7 +16,7 @@ from sslx import errors
 from sslx.jobs import compare as compare_job
 from sslx.jobs import knn_eval
 from sslx.jobs import pretrain
-from conftest import REPO, run_main as _main, tiny_config
+from conftest import REPO, run_main as _main, subprocess_env, tiny_config
 
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
@@ -135,7 +135,7 @@ def test_every_method_pretrains_checkpoints_and_evaluates(tmp_path, tfds_dir, co
          "--config.eval.compare_random_init=False",  # test_main_trains... covers the baseline
          "--config.eval.few_labels=()", "--config.plots.enabled=False",  # and these
          "--config.log_every_steps=1", "--config.cpu_devices=2", *METHOD_FLAGS[config_arg]]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+  env = subprocess_env()
   result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   method = config_arg.split("/")[1].split(".")[0]

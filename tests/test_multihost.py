@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from sslx.core import mesh
-from conftest import free_port
+from conftest import free_port, shared_by_workers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = ("byol", "simclr", "moco")
@@ -31,15 +31,22 @@ def _start(out, num_processes, process_id, port, local_devices):
                           text=True)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  one, two = tmp_path_factory.mktemp("one_process"), tmp_path_factory.mktemp("two_processes")
-  port = free_port()
-  procs = [_start(one, 1, 0, free_port(), 4),
-           _start(two, 2, 0, port, 2), _start(two, 2, 1, port, 2)]
-  for p in procs:
-    output, _ = p.communicate(timeout=600)
-    assert p.returncode == 0, output[-3000:]
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory, worker_id):
+  # Session-wide and shared by the xdist workers: both workers run tests of this
+  # module, and the three processes take minutes on a 2-core machine.
+  with shared_by_workers(tmp_path_factory, worker_id, "multihost_runs") as root:
+    one, two = root / "one_process", root / "two_processes"
+    if not (root / "done").exists():
+      one.mkdir(exist_ok=True)
+      two.mkdir(exist_ok=True)
+      port = free_port()
+      procs = [_start(one, 1, 0, free_port(), 4),
+               _start(two, 2, 0, port, 2), _start(two, 2, 1, port, 2)]
+      for p in procs:
+        output, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, output[-3000:]
+      (root / "done").touch()
   load = lambda d, m, i: dict(np.load(os.path.join(d, f"{m}_{i}.npz")))
   return {m: (load(one, m, 0), load(two, m, 0), load(two, m, 1)) for m in METHODS}
 

@@ -11,7 +11,7 @@ import pytest
 
 from sslx.core import checkpointing
 from sslx.core import preemption
-from conftest import REPO, TINY_FLAGS
+from conftest import REPO, TINY_FLAGS, subprocess_env
 
 
 def _start(workdir, tfds_dir, *flags):
@@ -19,7 +19,7 @@ def _start(workdir, tfds_dir, *flags):
          f"--config.data.data_dir={tfds_dir}", *TINY_FLAGS, "--config.log_every_steps=1",
          "--config.checkpoint_every_steps=1000", "--config.cpu_devices=2",
          "--config.eval.knn=False", "--config.eval.linear=False", *flags]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+  env = subprocess_env()
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 

@@ -13,7 +13,7 @@ from sslx.core import checkpointing
 from sslx import errors
 from sslx.jobs import knn_eval
 from sslx.jobs import linear_eval
-from conftest import REPO, TINY_EVAL, run_main as _main
+from conftest import REPO, TINY_EVAL, run_main as _main, subprocess_env
 from configs import knn_eval as knn_eval_config
 
 
@@ -37,7 +37,7 @@ def _tree_digest(directory):
 def _evaluate(config_file, workdir, tfds_dir, *flags):
   cmd = [sys.executable, "main.py", f"--config={config_file}", f"--workdir={workdir}",
          f"--config.data.data_dir={tfds_dir}", *TINY_EVAL, *flags]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+  env = subprocess_env()
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
