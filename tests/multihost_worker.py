@@ -26,11 +26,9 @@ def main():
   parser.add_argument("--methods", default="byol,simclr,moco")
   parser.add_argument("--out", required=True)
   args = parser.parse_args()
-  # Before jax starts: this process's CPU devices (conftest keeps a count set here).
-  # (conftest's FAST_COMPILE_FLAGS; conftest itself is imported only below, after jax.)
-  os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={args.local_devices} "
-                             "--xla_backend_optimization_level=0 "
-                             "--xla_cpu_use_fusion_emitters=false")
+  # Before jax starts: this process's CPU devices. conftest, imported below before
+  # the backend starts, keeps this count and adds its FAST_COMPILE_FLAGS.
+  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.local_devices}"
   here = os.path.dirname(os.path.abspath(__file__))
   sys.path[:0] = [here, os.path.dirname(here)]
   import jax  # pylint: disable=import-outside-toplevel
