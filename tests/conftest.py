@@ -212,12 +212,20 @@ def shared_by_workers(tmp_path_factory, worker_id: str, name: str):
 
 
 @pytest.fixture(scope="session")
-def pretrained(tmp_path_factory, worker_id):
+def tfds_dir(tmp_path_factory, worker_id) -> str:
+  """The TFDS data_dir of the session's tests, their main.py processes and both xdist workers:
+  the embedded datasets are prepared once (sslx locks a data_dir while it prepares one)."""
+  with shared_by_workers(tmp_path_factory, worker_id, "tfds") as root:
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory, worker_id, tfds_dir):
   """One tiny pretraining (2 steps, no evaluation), shared by the session's tests and workers."""
   with shared_by_workers(tmp_path_factory, worker_id, "shared_pretrain") as root:
     workdir = root / "run"
     if not (root / "done").exists():
-      result = run_main(str(workdir), str(root / "tfds"), "--config.train_steps=2",
+      result = run_main(str(workdir), tfds_dir, "--config.train_steps=2",
                         "--config.cpu_devices=2", "--config.eval.knn=False",
                         "--config.eval.linear=False")
       assert result.returncode == 0, result.stderr[-3000:]

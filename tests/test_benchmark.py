@@ -11,10 +11,10 @@ from conftest import REPO, subprocess_env
 
 
 @pytest.mark.slow
-def test_benchmark_reports_step_input_and_end_to_end(tmp_path):
+def test_benchmark_reports_step_input_and_end_to_end(tmp_path, tfds_dir):
   out = tmp_path / "bench.jsonl"
   cmd = [sys.executable, "experiments/benchmark.py", "--config=configs/byol.py",
-         f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.model.width=0.125",
+         f"--config.data.data_dir={tfds_dir}", "--config.model.width=0.125",
          "--config.batch_size=16", "--config.cpu_devices=2", "--seconds=0.5", "--warmup=1",
          f"--out={out}", f"--profile={tmp_path / 'trace'}"]
   env = subprocess_env()

@@ -8,8 +8,9 @@ from conftest import run_main as _main
 
 
 @pytest.mark.slow
-def test_truncated_newest_checkpoint_is_named_and_the_previous_one_can_be_taken(tmp_path):
-  workdir, tfds_dir = str(tmp_path / "run"), str(tmp_path / "tfds")
+def test_truncated_newest_checkpoint_is_named_and_the_previous_one_can_be_taken(tmp_path,
+                                                                                tfds_dir):
+  workdir = str(tmp_path / "run")
   flags = ["--config.cpu_devices=2", "--config.eval.knn=False", "--config.eval.linear=False"]
   first = _main(workdir, tfds_dir, "--config.train_steps=4", *flags)
   assert first.returncode == 0, first.stderr[-3000:]

@@ -15,10 +15,10 @@ from conftest import REPO, TINY_EVAL, TINY_FLAGS, subprocess_env
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_path):
+def test_kill_9_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_path, tfds_dir):
   overrides = [*TINY_FLAGS, "--config.train_steps=6", "--config.checkpoint_every_steps=2",
                "--config.log_every_steps=1", "--config.cpu_devices=2",
-               f"--config.data.data_dir={tmp_path / 'tfds'}",
+               f"--config.data.data_dir={tfds_dir}",
                "--config.eval.knn=False", "--config.eval.linear=False"]
   cmd = [sys.executable, "experiments/fault_injection.py", f"--root={tmp_path / 'fi'}",
          "--kills=2", "--signal=KILL", "--seed=1", "--cpu", "--", *overrides]
@@ -35,8 +35,8 @@ def test_kill_9_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_p
 
 
 @pytest.mark.slow
-def test_evaluator_reads_a_workdir_while_pretraining_writes_to_it(tmp_path):
-  workdir, tfds_dir = str(tmp_path / "run"), str(tmp_path / "tfds")
+def test_evaluator_reads_a_workdir_while_pretraining_writes_to_it(tmp_path, tfds_dir):
+  workdir = str(tmp_path / "run")
   env = subprocess_env()
   # Keep one checkpoint, written every step: the reader races the deletion of
   # the step it is reading as often as it can.

@@ -18,11 +18,6 @@ from sslx.jobs import knn_eval
 from sslx.jobs import pretrain
 from conftest import REPO, run_main as _main, subprocess_env, tiny_config
 
-@pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
 @pytest.mark.slow
 def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir):
   workdir = str(tmp_path / "run")

@@ -23,7 +23,9 @@ TINY = {"model.width": 0.125, "data.image_size": 16, "batch_size": 16, "train_st
         "byol.projector_dim": 16, "byol.predictor_hidden_dim": 32, "eval.batch_size": 256,
         "eval.max_train_examples": 512, "eval.few_label_draws": 2, "eval.scratch.steps": 3,
         "plots.tsne_max_points": 200, "log_every_steps": 2, "checkpoint_every_steps": 2,
-        "cpu_devices": 2}
+        "cpu_devices": 2,
+        # The random-init rows: test_main's end-to-end case checks them through main.py.
+        "eval.compare_random_init": False}
 
 
 def _outputs(cell) -> str:
@@ -31,9 +33,10 @@ def _outputs(cell) -> str:
 
 
 @pytest.mark.slow
-def test_colab_notebook_runs_on_cpu_and_reports_the_runs_own_numbers(tmp_path, monkeypatch):
+def test_colab_notebook_runs_on_cpu_and_reports_the_runs_own_numbers(tmp_path, tfds_dir,
+                                                                     monkeypatch):
   workdir = str(tmp_path / "run")
-  overrides = dict(TINY, **{"data.data_dir": str(tmp_path / "tfds")})
+  overrides = dict(TINY, **{"data.data_dir": tfds_dir})
   monkeypatch.setenv("SSLX_NB_WORKDIR", workdir)
   monkeypatch.setenv("SSLX_NB_OVERRIDES", json.dumps(overrides))
   # Let the notebook split the host into devices itself, as on a fresh runtime.

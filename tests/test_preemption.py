@@ -26,8 +26,8 @@ def _start(workdir, tfds_dir, *flags):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM])  # SIGINT: same handler, tested below
-def test_signal_saves_the_current_step_and_a_rerun_resumes(tmp_path, sig):
-  workdir, tfds_dir = str(tmp_path / "run"), str(tmp_path / "tfds")
+def test_signal_saves_the_current_step_and_a_rerun_resumes(tmp_path, tfds_dir, sig):
+  workdir = str(tmp_path / "run")
   proc = _start(workdir, tfds_dir, "--config.train_steps=100000")
   # Wait until training is under way (a few logged steps), then signal it.
   deadline = time.time() + 300

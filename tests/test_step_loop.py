@@ -63,7 +63,7 @@ _WITHOUT_TENSORFLOW = """
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
   def find_spec(self, name, path, target=None):
-    if name.split(".")[0] in ("tensorflow", "tensorflow_datasets", "clu"):
+    if name.split(".")[0] in ("tensorflow", "tensorflow_datasets", "tensorboard"):
       raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, Block())
 from sslx import data
@@ -83,3 +83,41 @@ def test_the_trainer_imports_without_tensorflow():
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "pipeline needs tensorflow" in out.stdout, out.stdout  # loaded on first use, not at import
+
+
+_TENSORFLOW_WITHOUT_KERAS = """
+import sys
+from sslx.data import datasets, input_pipeline  # TensorFlow, TFDS, the embedded builders
+from sslx.core import summaries
+writer = summaries.Writer(sys.argv[1])
+writer.write_hparams({"model": {"name": "resnet10", "widths": (1, 2)}, "lr": 0.1})
+writer.write_scalars(3, {"loss": 1.5})
+writer.close()
+print("keras loaded:", "keras" in sys.modules, "sklearn" in sys.modules)
+import tensorflow as tf
+print("tf.keras:", tf.keras.layers.Dense.__name__)
+"""
+
+
+def test_tensorflow_comes_without_keras_and_the_event_files_hold_what_was_written(tmp_path):
+  # TensorFlow imports Keras (and Keras scikit-learn) eagerly; sslx skips that
+  # at every process's start (sslx/data/host_tf.py) and tf.keras still loads on use.
+  out = subprocess.run([sys.executable, "-c", _TENSORFLOW_WITHOUT_KERAS, str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.splitlines() == ["keras loaded: False False", "tf.keras: Dense"]
+  from sslx.data.host_tf import tf  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.hparams import plugin_data_pb2  # pylint: disable=g-import-not-at-top
+  scalars, hparams = {}, {}
+  (events,) = [f for f in tmp_path.iterdir() if f.name.startswith("events.out.tfevents")]
+  for event in tf.compat.v1.train.summary_iterator(str(events)):
+    for value in event.summary.value:
+      if value.metadata.plugin_data.plugin_name == "hparams":
+        data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+        if data.HasField("session_start_info"):
+          for k, v in data.session_start_info.hparams.items():
+            hparams[k] = v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
+      else:
+        scalars[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+  assert scalars == {("loss", 3): 1.5}
+  assert hparams == {"model.name": "resnet10", "model.widths": "(1, 2)", "lr": 0.1}

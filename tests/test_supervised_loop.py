@@ -20,11 +20,6 @@ from sslx.jobs import linear_eval
 N = 3  # steps before the preemption; the runs are 2N steps long
 
 
-@pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
 def _finetune_config(tfds_dir, **overrides):
   c = finetune_config.get_config()
   c.checkpoint = "random"  # no pretraining needed: the loop is what is tested

@@ -18,11 +18,6 @@ from configs import knn_eval as knn_eval_config
 
 
 
-@pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
 def _tree_digest(directory):
   digest = hashlib.sha256()
   for root, dirs, files in sorted(os.walk(directory)):
@@ -43,7 +38,7 @@ def _evaluate(config_file, workdir, tfds_dir, *flags):
 
 RUNS = {
     "knn": ("configs/knn_eval.py", []),
-    "linear": ("configs/linear_eval.py", []),
+    "linear": ("configs/linear_eval.py", ["--config.linear.l2_grid=(0.0001,0.01)"]),
     "linear_augmented": ("configs/linear_eval.py", [
         "--config.linear.augment=True", "--config.linear.epochs=0.2",
         "--config.linear.learning_rates=(0.1,1.0)", "--config.linear.weight_decays=(0.0,)"]),

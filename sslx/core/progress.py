@@ -11,8 +11,8 @@ from absl import logging
 import jax
 import numpy as np
 
-if TYPE_CHECKING:  # clu's writers import TensorFlow; the trainer must import without it
-  from clu import metric_writers
+if TYPE_CHECKING:
+  from sslx.core import summaries
 
 
 def _duration(seconds: float) -> str:
@@ -28,7 +28,7 @@ class Progress:
   Rates exclude the first step of the run, which includes compilation.
   """
 
-  def __init__(self, writer: metric_writers.MetricWriter, *, total_steps: int,
+  def __init__(self, writer: summaries.Writer, *, total_steps: int,
                start_step: int, global_batch_size: int):
     self.writer = writer
     self.total_steps = total_steps

@@ -26,7 +26,6 @@ import json
 from typing import Any, Callable, Iterator
 
 from absl import logging
-from clu import metric_writers
 import flax
 import jax
 import jax.numpy as jnp
@@ -38,6 +37,7 @@ from sslx.core import checkpointing
 from sslx.core import health
 from sslx.core import mesh as mesh_lib
 from sslx.core import preemption
+from sslx.core import summaries
 
 PyTree = Any
 STATE_ITEM, CONFIG_ITEM = "state", "config"
@@ -152,8 +152,7 @@ class Loop:
     self.metric_prefix = metric_prefix
     self.ckpt = StateCheckpointer(workdir, max_to_keep=config.keep_checkpoints,
                                   identity=identity)
-    self.writer = (metric_writers.SummaryWriter(workdir) if jax.process_index() == 0
-                   else metric_writers.MultiWriter([]))
+    self.writer = summaries.Writer(workdir)
 
   def report(self, step: int, metrics: dict) -> dict[str, float]:
     """Logs the step's metrics (a person's progress line and TensorBoard)."""

@@ -31,13 +31,14 @@ import os
 from typing import Any, Callable
 
 import numpy as np
-import tensorflow_datasets as tfds
+# TensorFlow as sslx imports it (no Keras, GPUs hidden) before TFDS imports it.
+from sslx.data.host_tf import tf  # pylint: disable=g-bad-import-order
+import tensorflow_datasets as tfds  # pylint: disable=g-bad-import-order
 
 from sslx.data import folders
 # Imported for their side effect: registering the embedded TFDS builders.
 from sslx.data import mnist5k  # pylint: disable=unused-import
 from sslx.data import mnistm5k  # pylint: disable=unused-import
-from sslx.data.host_tf import tf
 from sslx.data.info import DatasetInfo
 from sslx.errors import ConfigError, DatasetNotAvailableError
 

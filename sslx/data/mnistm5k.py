@@ -27,7 +27,9 @@ from typing import Iterator
 
 from etils import epath
 import numpy as np
-import tensorflow_datasets as tfds
+# TensorFlow as sslx imports it (no Keras, GPUs hidden) before TFDS imports it.
+from sslx.data import host_tf  # pylint: disable=unused-import,g-bad-import-order
+import tensorflow_datasets as tfds  # pylint: disable=g-bad-import-order
 
 from sslx.data import mnist5k
 

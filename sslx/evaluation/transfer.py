@@ -30,7 +30,6 @@ import re
 from typing import Any
 
 from absl import logging
-from clu import metric_writers
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -41,6 +40,7 @@ from sslx import errors
 from sslx import models
 from sslx.core import checkpointing
 from sslx.core import mesh as mesh_lib
+from sslx.core import summaries
 from sslx.core import supervised_loop
 from sslx.evaluation import compare
 from sslx.evaluation import features as features_lib
@@ -292,7 +292,7 @@ def write_results(workdir: str, results: dict, summary: str) -> None:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, compare.EVAL_FILE), "w") as f:
       json.dump(results, f, indent=2)
-    writer = metric_writers.SummaryWriter(workdir)
+    writer = summaries.Writer(workdir)
     scalars = {f"eval/{results['protocol']}_{k}": v for k, v in results.items()
                if k in ("top1", "top5") or k.startswith("train_top1")}
     writer.write_scalars(int(results.get("step") or 0), scalars)

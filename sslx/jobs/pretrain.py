@@ -41,6 +41,7 @@ from sslx.core import mesh as mesh_lib
 from sslx.core import optim
 from sslx.core import preemption
 from sslx.core import progress as progress_lib
+from sslx.core import summaries
 from sslx.data import augment
 from sslx.data import views as views_lib
 from sslx.evaluation import compare
@@ -378,13 +379,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_step = int(jax.device_get(state.step))
 
   # TensorBoard event files from process 0; the terminal gets Progress's one line.
-  # Imported here: clu's writers import TensorFlow, which the Trainer above
-  # does not need (experiments/benchmark.py --what=step runs without it).
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  writer = (metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
-            if jax.process_index() == 0 else metric_writers.MultiWriter([]))
+  # (The writer imports TensorFlow on first use, which the Trainer above does
+  # not need: experiments/benchmark.py --what=step runs without it.)
+  writer = summaries.Writer(workdir)
   if start_step == 0:
-    writer.write_hparams(_flatten(config.to_dict()))
+    writer.write_hparams(config.to_dict())
   progress = progress_lib.Progress(writer, total_steps=config.train_steps, start_step=start_step,
                                    global_batch_size=config.batch_size)
   metrics_log = progress_lib.MetricsLog(
@@ -470,14 +469,3 @@ def _command_line() -> str | None:
   if os.path.basename(sys.argv[0]) != "main.py":
     return None
   return shlex.join(["python", "main.py", *sys.argv[1:]])
-
-
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict):
-      out.update(_flatten(v, key + "."))
-    else:
-      out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
-  return out
