@@ -173,6 +173,37 @@ def run_main(workdir, tfds_dir, *flags, config_file="configs/byol.py", tiny=True
                         timeout=timeout)
 
 
+def main_config(tfds_dir, *flags, config_file="configs/byol.py", tiny=True):
+  """The config `run_main` would run, for the same job in this process: the config file's
+  get_config with the same `--config.x=y` flags applied, each value parsed by its field's
+  type. main.py's config.cpu_devices=N (default 1) becomes num_devices=N: N of this process's
+  8 devices."""
+  import ast  # pylint: disable=g-import-not-at-top
+  from sslx.config import overrides  # pylint: disable=g-import-not-at-top
+  config = overrides.load_config(os.path.join(REPO, config_file))
+  for flag in [f"--config.data.data_dir={tfds_dir}", *(TINY_FLAGS if tiny else []), *flags]:
+    dotted, _, text = flag.removeprefix("--config.").partition("=")
+    *sections, name = dotted.split(".")
+    node = config
+    for section in sections:
+      node = node[section]
+    kind = node.get_type(name)
+    if kind is bool:
+      value = text.lower() in ("true", "1", "t", "yes")
+    elif kind in (int, float, str):
+      value = kind(text)
+    else:  # tuples; a field that is None by default takes a literal or a string
+      try:
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        value = text
+    node[name] = value
+  if config.num_devices is None:
+    assert config.cpu_devices >= 1, "main_config: give cpu_devices >= 1 (0 depends on the host)"
+    config.num_devices = config.cpu_devices
+  return config
+
+
 def preempt_after(monkeypatch, reporter, step):
   """A real SIGTERM to this process once `reporter.report` has logged `step`, as a scheduler
   sends it. `reporter` is the class whose `report(self, step, metrics)` the loop calls
@@ -195,7 +226,7 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @contextlib.contextmanager
-def shared_by_workers(tmp_path_factory, worker_id: str, name: str):
+def shared_by_workers(tmp_path_factory, name: str):
   """This session's directory `name`, the same for all its xdist workers, held under a lock.
 
   A costly setup that several workers' tests need (a pretraining, multi-process
@@ -203,7 +234,7 @@ def shared_by_workers(tmp_path_factory, worker_id: str, name: str):
   without its "done" file, fills it and writes "done"; the others wait, then reuse it.
   """
   root = tmp_path_factory.getbasetemp()
-  if worker_id != "master":
+  if os.environ.get("PYTEST_XDIST_WORKER"):  # not set under -p no:xdist or -n 0
     root = root.parent  # this session's directory, shared by its xdist workers
   with open(root / f"{name}.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -212,22 +243,22 @@ def shared_by_workers(tmp_path_factory, worker_id: str, name: str):
 
 
 @pytest.fixture(scope="session")
-def tfds_dir(tmp_path_factory, worker_id) -> str:
+def tfds_dir(tmp_path_factory) -> str:
   """The TFDS data_dir of the session's tests, their main.py processes and both xdist workers:
   the embedded datasets are prepared once (sslx locks a data_dir while it prepares one)."""
-  with shared_by_workers(tmp_path_factory, worker_id, "tfds") as root:
+  with shared_by_workers(tmp_path_factory, "tfds") as root:
     return str(root)
 
 
 @pytest.fixture(scope="session")
-def pretrained(tmp_path_factory, worker_id, tfds_dir):
+def pretrained(tmp_path_factory, tfds_dir):
   """One tiny pretraining (2 steps, no evaluation), shared by the session's tests and workers."""
-  with shared_by_workers(tmp_path_factory, worker_id, "shared_pretrain") as root:
+  with shared_by_workers(tmp_path_factory, "shared_pretrain") as root:
     workdir = root / "run"
     if not (root / "done").exists():
-      result = run_main(str(workdir), tfds_dir, "--config.train_steps=2",
-                        "--config.cpu_devices=2", "--config.eval.knn=False",
-                        "--config.eval.linear=False")
-      assert result.returncode == 0, result.stderr[-3000:]
+      from sslx.jobs import pretrain  # pylint: disable=g-import-not-at-top
+      pretrain.run(main_config(tfds_dir, "--config.train_steps=2", "--config.cpu_devices=2",
+                               "--config.eval.knn=False", "--config.eval.linear=False"),
+                   str(workdir))
       (root / "done").touch()
   return str(workdir)

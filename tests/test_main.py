@@ -1,6 +1,7 @@
 """End to end: main.py pretrains, checkpoints, resumes, evaluates; bad input fails cleanly."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,10 +17,10 @@ from sslx import errors
 from sslx.jobs import compare as compare_job
 from sslx.jobs import knn_eval
 from sslx.jobs import pretrain
-from conftest import REPO, run_main as _main, subprocess_env, tiny_config
+from conftest import REPO, main_config, run_main as _main, subprocess_env, tiny_config
 
 @pytest.mark.slow
-def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir):
+def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir, caplog):
   workdir = str(tmp_path / "run")
   first = _main(workdir, tfds_dir, "--config.train_steps=4", "--config.cpu_devices=2",
                 "--config.eval.max_train_examples=512")
@@ -80,10 +81,12 @@ def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir):
   assert reader.returncode == 0, reader.stderr[-2000:]
   assert reader.stdout.strip() == "4"
 
-  second = _main(workdir, tfds_dir, "--config.train_steps=6", "--config.eval.knn=False", "--config.eval.linear=False")
-  assert second.returncode == 0, second.stderr[-3000:]
-  assert f"Resuming from {ckpt_dir}/4" in second.stderr
-  assert "step 6/6" in second.stderr and "step 2/6" not in second.stderr
+  # Resumed in this process, on 1 device (main.py's default) where the first run had 2.
+  caplog.set_level(logging.INFO)
+  pretrain.run(main_config(tfds_dir, "--config.train_steps=6", "--config.eval.knn=False",
+                           "--config.eval.linear=False"), workdir)
+  assert f"Resuming from {ckpt_dir}/4" in caplog.text
+  assert "step 6/6" in caplog.text and "step 2/6" not in caplog.text
   assert json.load(open(os.path.join(workdir, "pretrain_results.json")))["step"] == 6
   # The metrics log continued the same run: steps 2..6, each once.
   logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -120,27 +123,29 @@ METHOD_FLAGS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config_arg", sorted(METHOD_FLAGS))
-def test_every_method_pretrains_checkpoints_and_evaluates(tmp_path, tfds_dir, config_arg):
+def test_every_method_pretrains_checkpoints_and_evaluates(tmp_path, tfds_dir, config_arg, capsys):
+  # In this process, on 2 of its 8 CPU devices: the config main.py would run with these
+  # flags (main.py itself: test_main_trains_checkpoints_evaluates_and_resumes).
+  config = main_config(
+      tfds_dir, "--config.model.name=resnet10", "--config.model.width=0.125",
+      "--config.batch_size=32", "--config.train_steps=2", "--config.optimizer.warmup_epochs=0",
+      "--config.eval.batch_size=256", "--config.eval.linear=False",
+      "--config.eval.max_train_examples=512",
+      "--config.eval.compare_random_init=False",  # test_main_trains... covers the baseline
+      "--config.eval.few_labels=()", "--config.plots.enabled=False",  # and these
+      "--config.log_every_steps=1", "--config.cpu_devices=2", *METHOD_FLAGS[config_arg],
+      config_file=config_arg, tiny=False)
   workdir = str(tmp_path / "run")
-  cmd = [sys.executable, "main.py", f"--config={config_arg}", f"--workdir={workdir}",
-         f"--config.data.data_dir={tfds_dir}", "--config.model.name=resnet10",
-         "--config.model.width=0.125", "--config.batch_size=32", "--config.train_steps=2",
-         "--config.optimizer.warmup_epochs=0", "--config.eval.batch_size=256",
-         "--config.eval.linear=False", "--config.eval.max_train_examples=512",
-         "--config.eval.compare_random_init=False",  # test_main_trains... covers the baseline
-         "--config.eval.few_labels=()", "--config.plots.enabled=False",  # and these
-         "--config.log_every_steps=1", "--config.cpu_devices=2", *METHOD_FLAGS[config_arg]]
-  env = subprocess_env()
-  result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  run_results = pretrain.run(config, workdir)
   method = config_arg.split("/")[1].split(".")[0]
-  assert f"{method} on mnist5k" in result.stderr
-  assert "kNN (k=20, T=0.1) top-1 on mnist5k test: pretrained" in result.stdout
+  assert run_results["method"] == method and run_results["dataset"] == "mnist5k"
+  assert "kNN (k=20, T=0.1) top-1 on mnist5k test: pretrained" in capsys.readouterr().out
   results = json.load(open(os.path.join(workdir, "pretrain_results.json")))
   assert results["step"] == 2 and np.isfinite(results["final_metrics"]["loss"])
+  assert results["eval"]["pretrained"]["knn"] == run_results["eval"]["pretrained"]["knn"]
   # The evaluators' view of the checkpoint: the encoder alone, whatever the method.
-  encoder, config, step = checkpointing.load_encoder(workdir)
-  assert step == 2 and config["method"] == method
+  encoder, saved_config, step = checkpointing.load_encoder(workdir)
+  assert step == 2 and saved_config["method"] == method
   assert set(encoder) == {"params", "batch_stats"} and "stem_conv" in encoder["params"]
   # The transfer evaluator takes every method's checkpoint.
   eval_config = knn_eval_config.get_config()

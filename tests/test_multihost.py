@@ -32,10 +32,10 @@ def _start(out, num_processes, process_id, port, local_devices):
 
 
 @pytest.fixture(scope="session")
-def runs(tmp_path_factory, worker_id):
+def runs(tmp_path_factory):
   # Session-wide and shared by the xdist workers: both workers run tests of this
   # module, and the three processes take minutes on a 2-core machine.
-  with shared_by_workers(tmp_path_factory, worker_id, "multihost_runs") as root:
+  with shared_by_workers(tmp_path_factory, "multihost_runs") as root:
     one, two = root / "one_process", root / "two_processes"
     if not (root / "done").exists():
       one.mkdir(exist_ok=True)
@@ -57,7 +57,14 @@ def test_two_processes_train_as_one_process_with_the_same_devices(runs, method):
   assert set(first) == set(single)
   np.testing.assert_allclose(first["losses"], single["losses"], rtol=1e-4)
   for name in single:
-    np.testing.assert_allclose(first[name], single[name], rtol=1e-3, atol=1e-5, err_msg=name)
+    # Float32 sums in another order (gloo's all-reduce across processes, XLA's within one),
+    # grown by 3 steps of BatchNorm over 4 examples per device: each element within 1e-3 of
+    # itself or of its array's largest magnitude (MoCo's BN statistics near 0 on an AVX-512
+    # CPU: 2.3e-5 apart where the array reaches 0.25). A wrong reduction or a lost
+    # process's share moves whole arrays by far more.
+    scale = float(np.max(np.abs(single[name])))
+    np.testing.assert_allclose(first[name], single[name], rtol=1e-3, atol=1e-5 + 1e-3 * scale,
+                               err_msg=name)
   if method == "moco":  # the queue filled with the keys of both processes' examples
     queue = [k for k in single if "queue" in k]
     assert queue and any(np.abs(single[k]).sum() > 0 for k in queue)

@@ -1,5 +1,6 @@
 """SIGTERM / SIGINT during training: finish the step, checkpoint it, exit 75; a rerun resumes."""
 
+import logging
 import os
 import re
 import signal
@@ -11,14 +12,17 @@ import pytest
 
 from sslx.core import checkpointing
 from sslx.core import preemption
-from conftest import REPO, TINY_FLAGS, subprocess_env
+from sslx.jobs import pretrain
+from conftest import REPO, TINY_FLAGS, main_config, subprocess_env
+
+
+FLAGS = ["--config.log_every_steps=1", "--config.checkpoint_every_steps=1000",
+         "--config.cpu_devices=2", "--config.eval.knn=False", "--config.eval.linear=False"]
 
 
 def _start(workdir, tfds_dir, *flags):
   cmd = [sys.executable, "main.py", "--config=configs/byol.py", f"--workdir={workdir}",
-         f"--config.data.data_dir={tfds_dir}", *TINY_FLAGS, "--config.log_every_steps=1",
-         "--config.checkpoint_every_steps=1000", "--config.cpu_devices=2",
-         "--config.eval.knn=False", "--config.eval.linear=False", *flags]
+         f"--config.data.data_dir={tfds_dir}", *TINY_FLAGS, *FLAGS, *flags]
   env = subprocess_env()
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
@@ -26,7 +30,7 @@ def _start(workdir, tfds_dir, *flags):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM])  # SIGINT: same handler, tested below
-def test_signal_saves_the_current_step_and_a_rerun_resumes(tmp_path, tfds_dir, sig):
+def test_signal_saves_the_current_step_and_a_rerun_resumes(tmp_path, tfds_dir, sig, caplog):
   workdir = str(tmp_path / "run")
   proc = _start(workdir, tfds_dir, "--config.train_steps=100000")
   # Wait until training is under way (a few logged steps), then signal it.
@@ -48,12 +52,13 @@ def test_signal_saves_the_current_step_and_a_rerun_resumes(tmp_path, tfds_dir, s
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=1, read_only=True)
   assert ckpt.latest_step() == stopped  # no periodic save was due: this one is the signal's
 
-  # The rerun (here asked to stop two steps later) resumes at the saved step.
-  rerun = _start(workdir, tfds_dir, f"--config.train_steps={stopped + 2}")
-  out, err = rerun.communicate(timeout=600)
-  assert rerun.returncode == 0, err[-3000:]
-  assert f"Resuming from {ckpt.directory}/{stopped}" in err
-  assert f"step {stopped + 1}: compiled and ran the first step" in err
+  # The rerun (here asked to stop two steps later, in this process) resumes at the saved step.
+  caplog.set_level(logging.INFO)
+  rerun = pretrain.run(main_config(tfds_dir, *FLAGS, f"--config.train_steps={stopped + 2}"),
+                       workdir)
+  assert rerun["step"] == stopped + 2
+  assert f"Resuming from {ckpt.directory}/{stopped}" in caplog.text
+  assert f"step {stopped + 1}: compiled and ran the first step" in caplog.text
 
 
 @pytest.mark.parametrize("sig", preemption.SIGNALS)
