@@ -174,30 +174,18 @@ def run_main(workdir, tfds_dir, *flags, config_file="configs/byol.py", tiny=True
 
 
 def main_config(tfds_dir, *flags, config_file="configs/byol.py", tiny=True):
-  """The config `run_main` would run, for the same job in this process: the config file's
-  get_config with the same `--config.x=y` flags applied, each value parsed by its field's
-  type. main.py's config.cpu_devices=N (default 1) becomes num_devices=N: N of this process's
-  8 devices."""
-  import ast  # pylint: disable=g-import-not-at-top
-  from sslx.config import overrides  # pylint: disable=g-import-not-at-top
-  config = overrides.load_config(os.path.join(REPO, config_file))
-  for flag in [f"--config.data.data_dir={tfds_dir}", *(TINY_FLAGS if tiny else []), *flags]:
-    dotted, _, text = flag.removeprefix("--config.").partition("=")
-    *sections, name = dotted.split(".")
-    node = config
-    for section in sections:
-      node = node[section]
-    kind = node.get_type(name)
-    if kind is bool:
-      value = text.lower() in ("true", "1", "t", "yes")
-    elif kind in (int, float, str):
-      value = kind(text)
-    else:  # tuples; a field that is None by default takes a literal or a string
-      try:
-        value = ast.literal_eval(text)
-      except (ValueError, SyntaxError):
-        value = text
-    node[name] = value
+  """The config `run_main` would run, for the same job in this process: main.py's own flag
+  parsing (ml_collections' config_flags) of the same arguments. main.py's
+  config.cpu_devices=N (default 1) becomes num_devices=N: N of this process's 8 devices."""
+  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  argv = ["main.py", f"--config={os.path.join(REPO, config_file)}",
+          f"--config.data.data_dir={tfds_dir}", *(TINY_FLAGS if tiny else []), *flags]
+  values = absl_flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=values, lock_config=True,
+                                  sys_argv=argv)  # the overrides are read from sys_argv
+  values(argv)
+  config = values.config
   if config.num_devices is None:
     assert config.cpu_devices >= 1, "main_config: give cpu_devices >= 1 (0 depends on the host)"
     config.num_devices = config.cpu_devices
