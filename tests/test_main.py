@@ -17,7 +17,7 @@ from sslx import errors
 from sslx.jobs import compare as compare_job
 from sslx.jobs import knn_eval
 from sslx.jobs import pretrain
-from conftest import REPO, main_config, run_main as _main, subprocess_env, tiny_config
+from conftest import REPO, main_config, run_main as _main, tiny_config
 
 @pytest.mark.slow
 def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir, caplog):
