@@ -28,10 +28,9 @@ import time
 import numpy as np
 import pytest
 
-from sslx.config import overrides as config_overrides
 from sslx.core import checkpointing
 from sslx.jobs import JOBS
-from conftest import REPO, TINY_EVAL, TINY_FLAGS, free_port, subprocess_env
+from conftest import REPO, TINY_EVAL, TINY_FLAGS, free_port, main_config, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -129,20 +128,18 @@ def test_a_killed_process_ends_the_other_with_a_clear_error(tmp_path, tfds_dir):
 def test_an_evaluator_with_two_processes_matches_one(tmp_path, tfds_dir, pretrained, job):
   # Two L2 strengths instead of five: the choice is still made, in a third of the L-BFGS time.
   grid = {"linear_eval": [0.0001, 0.01]}.get(job)
+  flags = [f"--config.checkpoint={pretrained}",
+           *([f"--config.linear.l2_grid={tuple(grid)}"] if grid else [])]
   workdir = str(tmp_path / "two_processes")
-  codes, outputs = _run(workdir, tfds_dir, 2, f"--config.checkpoint={pretrained}",
-                        *([f"--config.linear.l2_grid={tuple(grid)}"] if grid else []),
-                        config_file=f"configs/{job}.py", tiny=TINY_EVAL)
+  codes, outputs = _run(workdir, tfds_dir, 2, *flags, config_file=f"configs/{job}.py",
+                        tiny=TINY_EVAL)
   assert codes == [0, 0], "".join(out[-3000:] for out in outputs)
   assert [f for f in os.listdir(workdir) if f.endswith(".json")] == ["eval_results.json"]
   two = _results(workdir, "eval_results.json")
   # The 1-process reference: the same job and flags (TINY_EVAL) in this process, on 2 devices.
-  config = config_overrides.load_config(f"configs/{job}.py")
-  config.update(checkpoint=pretrained, batch_size=64, log_every_steps=5, num_devices=2)
-  config.data.data_dir = tfds_dir
-  config.eval.batch_size = 256
-  if grid:
-    config.linear.l2_grid = tuple(grid)
+  config = main_config(tfds_dir, *TINY_EVAL, *flags, config_file=f"configs/{job}.py",
+                       tiny=False)
+  assert config.num_devices == 2
   one = JOBS.get(job)(config, str(tmp_path / "one_process"))
   for key in ("top1", "top5", "num_labelled", "step", "checkpoint"):
     assert two[key] == one[key], key
