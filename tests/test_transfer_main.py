@@ -46,6 +46,13 @@ RUNS = {
     "finetune": ("configs/finetune.py", [
         "--config.label_fraction=0.1", "--config.finetune.epochs=0.5",
         "--config.finetune.train_from=stage2"]),
+    # Probes of an earlier layer (sslx/evaluation/features.py), on both linear paths.
+    "knn_stage3": ("configs/knn_eval.py", [
+        "--config.eval.feature_layer=stage3", "--config.eval.feature_grid=2"]),
+    "linear_augmented_stage2": ("configs/linear_eval.py", [
+        "--config.linear.augment=True", "--config.linear.epochs=0.2",
+        "--config.linear.learning_rates=(0.1,)", "--config.linear.weight_decays=(0.0,)",
+        "--config.eval.feature_layer=stage2", "--config.eval.feature_grid=3"]),
 }
 
 
@@ -70,6 +77,10 @@ def test_evaluator_reads_the_checkpoint_and_writes_results(tmp_path, tfds_dir, p
   if name == "linear_augmented":
     assert len(results["sweep"]) == 2 and results["num_holdout"] == 400
     assert results["holdout_top1"] == max(r["holdout_top1"] for r in results["sweep"])
+  layer, grid = {"knn_stage3": ("stage3", 2), "linear_augmented_stage2": ("stage2", 3)}.get(
+      name, (None, 1))
+  assert (results["feature_layer"], results["feature_grid"]) == (layer, grid)
+  assert (f"on {layer} ({grid}x{grid} grid)" in stdout) == (layer is not None)
   assert f"top-1 {results['top1']:.1%}" in stdout
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
   # The evaluator only read the pretraining checkpoint.

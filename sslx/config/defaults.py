@@ -117,6 +117,12 @@ def base_config() -> ml_collections.ConfigDict:
       knn_k=200,  # InstDisc / solo-learn defaults
       knn_temperature=0.1,
       linear=True,  # L-BFGS logistic regression, L2 chosen on held-out train data
+      # Features of every frozen evaluation (kNN, probes, few labels; the
+      # random-init encoder's too): None for the encoder's pooled output, or a
+      # feature map ('stage3', ...) average-pooled over a feature_grid x
+      # feature_grid partition (sslx/evaluation/features.py).
+      feature_layer=ml_collections.config_dict.placeholder(str),
+      feature_grid=1,
       batch_size=512,
       max_train_examples=ml_collections.config_dict.placeholder(int),  # None: whole split
       compare_random_init=True,

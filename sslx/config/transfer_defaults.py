@@ -51,7 +51,15 @@ def base_transfer_config(job: str, preset: str, config_file: str) -> ml_collecti
   c.labels_per_class = placeholder(int)
 
   c.batch_size = 256  # global training batch (linear probe with augmentation, fine-tuning)
-  c.eval = ml_collections.ConfigDict(dict(batch_size=512))  # feature extraction / test batches
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=512,  # feature extraction / test batches
+      # kNN and linear probe: None reads the encoder's pooled output; a feature
+      # map name ('stage3', ...) reads that map average-pooled over a
+      # feature_grid x feature_grid partition (sslx/evaluation/features.py).
+      # Fine-tuning always trains its head on the pooled output.
+      feature_layer=ml_collections.config_dict.placeholder(str),
+      feature_grid=1,
+  ))
 
   c.knn = ml_collections.ConfigDict(dict(k=pretrain.eval.knn_k, temperature=0.1))
 

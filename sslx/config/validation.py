@@ -133,7 +133,13 @@ def model_problems(config) -> list[str]:
   model = config.get("model")
   if model is None:
     return ["config.model is missing."]
-  return models.backbone_problems(model, _get(config, "data.image_size"))
+  problems = models.backbone_problems(model, _get(config, "data.image_size"))
+  layer, grid = _get(config, "eval.feature_layer"), _get(config, "eval.feature_grid")
+  if not problems and layer is not _MISSING and grid is not _MISSING:
+    from sslx.evaluation import features  # pylint: disable=import-outside-toplevel  (imports data)
+    problems += features.feature_layer_problems(
+        layer, grid, models.get_backbone(model).feature_map_names)
+  return problems
 
 
 def problems(config: ml_collections.ConfigDict) -> list[str]:

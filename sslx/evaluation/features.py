@@ -6,6 +6,16 @@ over the mesh; padded rows are dropped and every process gets all features.
 `evaluate_frozen` runs the two frozen-feature protocols (kNN and the L-BFGS
 linear probe) on the same features, as pretraining's final and periodic
 evaluations do.
+
+Which features (`config.eval.feature_layer`, `config.eval.feature_grid`): by
+default the encoder's pooled representation, what the contrastive papers
+probe. Any feature map of the backbone (`stem`, `stage1`, ... for a ResNet)
+can be read instead, average-pooled over a `feature_grid` x `feature_grid`
+partition of its positions and flattened, so that the spatial layout
+survives. That is the classic pretext tasks' protocol: a linear classifier
+on every layer's features, pooled to a few thousand dimensions (Zhang, Isola
+& Efros 2016, Sec. 3.2.1; Noroozi & Favaro 2016; Gidaris et al. 2018,
+Tables 3-4), since a pretext task's last layers specialise in the task.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from typing import Any, Callable
 from absl import logging
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -28,13 +39,58 @@ from sslx.evaluation import linear_probe
 PyTree = Any
 
 
-def make_embed_fn(encoder, mean, std, dtype="float32"):
-  """jit(variables, uint8 images) -> pooled features: normalise, then the encoder in inference mode."""
+def grid_pool(feature_map: jax.Array, grid: int) -> jax.Array:
+  """[B, H, W, C] -> [B, grid * grid * C]: the mean of each cell of a grid x grid partition.
+
+  Cell i along an axis of size S spans [floor(i S / grid), ceil((i + 1) S / grid)),
+  the rule of PyTorch's AdaptiveAvgPool2d: cells cover every position, and
+  overlap by one where S is not a multiple of `grid`. Cells are flattened
+  row-major, channels last; grid=1 is global average pooling.
+  """
+  b, h, w, c = feature_map.shape
+
+  def cells(size):
+    return [(i * size // grid, -(-(i + 1) * size // grid)) for i in range(grid)]
+
+  x = feature_map.astype(jnp.float32)
+  pooled = [jnp.mean(x[:, r0:r1, c0:c1], axis=(1, 2)) for r0, r1 in cells(h) for c0, c1 in cells(w)]
+  return jnp.stack(pooled, axis=1).reshape(b, grid * grid * c)
+
+
+def feature_layer_problems(layer: str | None, grid: int, map_names) -> list[str]:
+  """What is wrong with `eval.feature_layer` / `eval.feature_grid` for a backbone's maps."""
+  problems = []
+  if layer is not None and layer not in map_names:
+    problems.append(f"config.eval.feature_layer={layer!r} is not a feature map of this backbone; "
+                    f"valid: {', '.join(map_names)}, or None for its pooled representation.")
+  if not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
+    problems.append(f"config.eval.feature_grid={grid!r}; it must be a positive integer (the side "
+                    "of the grid a feature map is average-pooled to; 1: global average).")
+  elif layer is None and grid != 1:
+    problems.append(f"config.eval.feature_grid={grid} needs config.eval.feature_layer: the pooled "
+                    "representation has no positions left to pool over a grid.")
+  return problems
+
+
+def make_embed_fn(encoder, mean, std, dtype="float32", *, layer: str | None = None,
+                  grid: int = 1):
+  """jit(variables, uint8 images) -> features: normalise, then the encoder in inference mode.
+
+  The features are the encoder's pooled representation, or with `layer` that
+  feature map grid-pooled (`grid_pool`).
+  """
   @jax.jit
   def embed(variables, images):
     x = augment.normalize(augment.to_float01(images), mean, std, dtype)
-    return encoder.apply(variables, x, train=False).pooled
+    return select(encoder.apply(variables, x, train=False), layer, grid)
   return embed
+
+
+def select(output, layer: str | None = None, grid: int = 1) -> jax.Array:
+  """The features frozen evaluation reads from a BackboneOutput (see the module doc)."""
+  if layer is None:
+    return output.pooled
+  return grid_pool(output.feature_maps[layer], grid)
 
 
 def extract_features(embed_fn: Callable[[jax.Array], jax.Array], batches,
@@ -67,11 +123,12 @@ class FeatureExtractor:
   """Features of an encoder (module + variables) for whole splits of one dataset."""
 
   def __init__(self, encoder, variables: PyTree, *, data_config, mean, std, mesh,
-               dtype="float32", embed_fn=None):
-    """`embed_fn`: a `make_embed_fn` of this encoder to reuse (its compilation with it)."""
+               dtype="float32", embed_fn=None, layer: str | None = None, grid: int = 1):
+    """`embed_fn`: a `make_embed_fn` of this encoder to reuse (its compilation with it);
+    otherwise one is made for `layer` and `grid` (`make_embed_fn`)."""
     self.encoder, self.data_config, self.mesh = encoder, data_config, mesh
     self.variables = mesh_lib.replicate(variables, mesh)
-    self._embed = embed_fn or make_embed_fn(encoder, mean, std, dtype)
+    self._embed = embed_fn or make_embed_fn(encoder, mean, std, dtype, layer=layer, grid=grid)
 
   def __call__(self, split: str, *, batch_size: int, indices=None, max_examples=None):
     """(features [N, D] float32, labels [N]) of `split` ('train' or 'test'); global batch size."""

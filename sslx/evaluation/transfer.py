@@ -214,6 +214,11 @@ def setup(config, workdir: str, *, batch_sizes, need_labels: bool = False) -> Se
   for batch_size in batch_sizes:
     mesh_lib.check_batch_size(batch_size, mesh.devices.size)
   backbone = load_backbone(config)
+  layer_problems = features_lib.feature_layer_problems(
+      config.eval.feature_layer, config.eval.feature_grid,
+      models.get_backbone(backbone.model_config).feature_map_names)
+  if layer_problems:
+    raise errors.ConfigError("Invalid config:\n  - " + "\n  - ".join(layer_problems))
   check_workdir(workdir, backbone)
   data_config = resolve_data_config(config, backbone)
   info = data.get_dataset_info(data_config)
@@ -230,11 +235,17 @@ def setup(config, workdir: str, *, batch_sizes, need_labels: bool = False) -> Se
 
 
 def feature_extractor(loaded: LoadedEncoder, info: data.DatasetInfo, data_config, mesh,
-                      dtype=jnp.float32) -> features_lib.FeatureExtractor:
-  """Frozen-encoder features (inference-mode BN, centre crops) of the loaded encoder."""
+                      dtype=jnp.float32, *, layer: str | None = None,
+                      grid: int = 1) -> features_lib.FeatureExtractor:
+  """Frozen-encoder features (inference-mode BN, centre crops) of the loaded encoder.
+
+  `layer`, `grid`: `config.eval.feature_layer` and `feature_grid` (the pooled
+  output by default).
+  """
   return features_lib.FeatureExtractor(
       models.create_encoder(loaded.model_config, dtype=dtype), loaded.variables,
-      data_config=data_config, mean=info.mean, std=info.std, mesh=mesh, dtype=dtype)
+      data_config=data_config, mean=info.mean, std=info.std, mesh=mesh, dtype=dtype,
+      layer=layer, grid=grid)
 
 
 def labelled_batches(config, data_config, info: data.DatasetInfo, view, indices):
@@ -270,7 +281,8 @@ def describe(config, backbone: LoadedEncoder, info: data.DatasetInfo, num_labell
       train_split=info.train_split,
       label_fraction=None if config.get("labels_per_class") else config.label_fraction,
       labels_per_class=config.get("labels_per_class"), num_labelled=int(num_labelled),
-      seed=config.seed)
+      seed=config.seed, feature_layer=config.eval.get("feature_layer"),
+      feature_grid=config.eval.get("feature_grid", 1))
 
 
 def check_workdir(workdir: str, backbone: LoadedEncoder) -> None:
@@ -308,6 +320,8 @@ def summary_line(protocol: str, results: dict) -> str:
   source = ("random init" if results["checkpoint"] == RANDOM
             else "from scratch" if results["checkpoint"] == SCRATCH
             else f"{results['checkpoint']} ({results['method']})")
+  if results.get("feature_layer"):
+    protocol += f" on {results['feature_layer']} ({results['feature_grid']}x{results['feature_grid']} grid)"
   return (f"{protocol} on {results['dataset']} {results['split']}: top-1 {results['top1']:.1%}"
           f"{top5} | {labels} ({results['num_labelled']} images), seed {results['seed']} | "
           f"{source}")

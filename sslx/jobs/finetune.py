@@ -67,6 +67,10 @@ def validate(config) -> None:
     problems.append(f"config.finetune.backbone_lr_ratio={c.backbone_lr_ratio}; it must be >= 0.")
   if c.weight_decay < 0:
     problems.append(f"config.finetune.weight_decay={c.weight_decay}; it must be >= 0.")
+  if config.eval.get("feature_layer") is not None or config.eval.get("feature_grid", 1) != 1:
+    problems.append("config.eval.feature_layer / feature_grid choose the features of the frozen "
+                    "evaluators (configs/knn_eval.py, configs/linear_eval.py); fine-tuning "
+                    "trains its head on the encoder's pooled output. Leave them unset.")
   if problems:
     raise errors.ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
 

@@ -32,7 +32,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              "Use checkpoint=random for the untrained baseline.")
   s = transfer.setup(config, workdir, batch_sizes=(config.eval.batch_size,))
   backbone, info = s.backbone, s.info
-  extract = transfer.feature_extractor(backbone, info, s.data_config, s.mesh)
+  extract = transfer.feature_extractor(backbone, info, s.data_config, s.mesh,
+                                       layer=config.eval.feature_layer,
+                                       grid=config.eval.feature_grid)
   bank_x, bank_y = extract("train", batch_size=config.eval.batch_size, indices=s.subset)
   test_x, test_y = extract("test", batch_size=config.eval.batch_size)
   scores = knn.knn_accuracy(bank_x, bank_y, test_x, test_y, k=config.knn.k,

@@ -37,6 +37,7 @@ from sslx import models
 from sslx.core import mesh as mesh_lib
 from sslx.core import supervised_loop
 from sslx.data import augment
+from sslx.evaluation import features as features_lib
 from sslx.evaluation import linear_probe
 from sslx.evaluation import metrics as metrics_lib
 from sslx.evaluation import transfer
@@ -111,7 +112,9 @@ def _train_augmented(config, workdir, loaded, info, data_config, mesh, extract, 
   def step(state, batch, variables):
     images, labels = batch["views"]["v1"], batch["label"]
     x = augment.normalize(augment.to_float01(images[:, 0]), info.mean, info.std, encoder.dtype)
-    features = (encoder.apply(variables, x, train=False).pooled - mean_j) / std_j
+    out = encoder.apply(variables, x, train=False)
+    features = (features_lib.select(out, config.eval.feature_layer, config.eval.feature_grid)
+                - mean_j) / std_j
     loss, grads = jax.value_and_grad(multi_head_loss)(state.params, features, labels, wds)
     updates, opt_state = tx.update(grads, state.opt_state)
     updates = jax.tree.map(lambda u: u * lrs.reshape((-1,) + (1,) * (u.ndim - 1)), updates)
@@ -149,7 +152,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       (config.eval.batch_size, config.batch_size) if augmented else (config.eval.batch_size,)))
   loaded, info, subset = s.backbone, s.info, s.subset
   extract = transfer.feature_extractor(loaded, info, s.data_config, s.mesh,
-                                       dtype=jnp.dtype(config.dtype))
+                                       dtype=jnp.dtype(config.dtype),
+                                       layer=config.eval.feature_layer,
+                                       grid=config.eval.feature_grid)
 
   if augmented:
     indices = np.arange(len(s.labels)) if subset is None else subset

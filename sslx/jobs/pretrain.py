@@ -236,7 +236,8 @@ class Trainer:
     c = self.config.eval
     if self._embed is None:  # one compilation for every encoder and every evaluation
       self._embed = features_lib.make_embed_fn(self.method.encoder, self.info.mean,
-                                               self.info.std, self.dtype)
+                                               self.info.std, self.dtype,
+                                               layer=c.feature_layer, grid=c.feature_grid)
     results = {}
     for name, variables in encoders.items():
       extract = features_lib.FeatureExtractor(
@@ -292,8 +293,10 @@ def final_evaluation(config, info: data.DatasetInfo, trainer: Trainer, state: Tr
       f"eval/{protocol}_{name}_{metric}": value
       for name, by_protocol in results.items() for protocol, scores in by_protocol.items()
       for metric, value in _scalars(scores).items()})
-  titles = {"knn": f"kNN (k={config.eval.knn_k}, T={config.eval.knn_temperature})",
-            "linear": "linear probe"}
+  where = (f" on {config.eval.feature_layer} ({config.eval.feature_grid}x"
+           f"{config.eval.feature_grid} grid)" if config.eval.feature_layer else "")
+  titles = {"knn": f"kNN (k={config.eval.knn_k}, T={config.eval.knn_temperature}){where}",
+            "linear": f"linear probe{where}"}
   for protocol, title in titles.items():
     if protocol in results["pretrained"]:
       summary = " | ".join(f"{name} {r[protocol]['top1']:.1%}" for name, r in results.items()
