@@ -88,6 +88,30 @@ def test_runs_of_other_data_get_their_own_baselines(tmp_path):
   assert names.count(compare.RANDOM_ROW) == 2 and names.count(compare.SCRATCH_ROW) == 2
 
 
+def test_probes_of_another_layer_get_their_own_columns(tmp_path):
+  pooled = _pretrain_run(str(tmp_path), "pooled", "jigsaw.py", 0.825, 0.862, (0.4, 0.6, 0.7))
+  layer = _pretrain_run(str(tmp_path), "layer", "jigsaw.py", 0.910, 0.964, (0.5, 0.7, 0.8))
+  results = json.load(open(os.path.join(layer, compare.PRETRAIN_FILE)))
+  results.update(feature_layer="stage2", feature_grid=2)
+  results["eval"]["random_init"]["knn"]["top1"] = 0.826
+  json.dump(results, open(os.path.join(layer, compare.PRETRAIN_FILE), "w"))
+  knn = os.path.join(str(tmp_path), "knn_stage3")
+  os.makedirs(knn)
+  json.dump({"protocol": "knn", "checkpoint": f"{pooled}/checkpoints/600", "top1": 0.765,
+             "label_fraction": 1.0, "labels_per_class": None, "dataset": "mnist5k",
+             "feature_layer": "stage3", "feature_grid": 1},
+            open(os.path.join(knn, compare.EVAL_FILE), "w"))
+  rows = {r.name + ("" if r.workdir != layer else " (layer)"): r.scores
+          for r in compare.collect([pooled, layer, knn])}
+  assert rows["jigsaw.py"]["kNN"] == 0.825
+  assert rows["jigsaw.py"]["kNN on stage3 1x1, 100% labels (mnist5k)"] == 0.765
+  assert rows["jigsaw.py (layer)"]["kNN on stage2 2x2"] == 0.910
+  assert "kNN" not in rows["jigsaw.py (layer)"]
+  # One random-init row holds both runs' baselines, each in its own column.
+  assert rows[compare.RANDOM_ROW]["kNN"] == 0.837
+  assert rows[compare.RANDOM_ROW]["kNN on stage2 2x2"] == 0.826
+
+
 def test_config_name_comes_from_the_command_line():
   assert compare.config_name({"command": "python main.py --config=configs/moco.py:v3 "
                                          "--workdir=/tmp/x"}) == "moco.py:v3"

@@ -49,11 +49,17 @@ def _few_label_columns(by_n: dict) -> dict[str, float]:
   return {f"{n} labels/class": r["top1"] for n, r in sorted(by_n.items(), key=lambda x: int(x[0]))}
 
 
-def _encoder_scores(by_protocol: dict) -> dict[str, float]:
+def _features(results: dict) -> str:
+  """'' for the pooled output, else ' on stage3 2x2': probes of another layer get their own column."""
+  layer, grid = results.get("feature_layer"), results.get("feature_grid", 1)
+  return f" on {layer} {grid}x{grid}" if layer else ""
+
+
+def _encoder_scores(by_protocol: dict, where: str = "") -> dict[str, float]:
   scores = {}
   for protocol, column in (("knn", "kNN"), ("linear", "linear")):
     if protocol in by_protocol:
-      scores[column] = by_protocol[protocol]["top1"]
+      scores[column + where] = by_protocol[protocol]["top1"]
   if "few_label_linear" in by_protocol:
     scores.update(_few_label_columns(by_protocol["few_label_linear"]))
   if "few_label_scratch" in by_protocol:
@@ -66,7 +72,7 @@ def _transfer_column(results: dict) -> str:
             else f"{results['label_fraction']:.0%} labels")
   protocol = {"knn": "kNN", "linear": "linear", "finetune": "fine-tune"}.get(
       results.get("protocol"), results.get("protocol"))
-  return f"{protocol}, {labels} ({results['dataset']})"
+  return f"{protocol}{_features(results)}, {labels} ({results['dataset']})"
 
 
 def _read(path: str) -> dict:
@@ -88,14 +94,16 @@ def collect(workdirs: Sequence[str]) -> list[Row]:
       evaluation = results.get("eval") or {}
       row = Row(name=config_name(results) or os.path.basename(workdir), workdir=workdir,
                 steps=results.get("step"), wall_seconds=results.get("wall_seconds"),
-                scores=_encoder_scores(evaluation.get("pretrained", {})))
+                scores=_encoder_scores(evaluation.get("pretrained", {}), _features(results)))
       rows.append(row)
       by_checkpoint_dir[os.path.join(workdir, "checkpoints")] = row
       # The baselines depend on the data and the architecture, not on the method.
       key = json.dumps([results.get("dataset"), results.get("model")], sort_keys=True)
       for name, title in (("random_init", RANDOM_ROW), ("scratch", SCRATCH_ROW)):
-        if name in evaluation and (title, key) not in baselines:
-          baselines[(title, key)] = Row(name=title, scores=_encoder_scores(evaluation[name]))
+        if name in evaluation:
+          row = baselines.setdefault((title, key), Row(name=title))
+          for column, score in _encoder_scores(evaluation[name], _features(results)).items():
+            row.scores.setdefault(column, score)
     elif os.path.isfile(eval_path):
       transfers.append((workdir, _read(eval_path)))
     else:

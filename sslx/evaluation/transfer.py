@@ -321,7 +321,8 @@ def summary_line(protocol: str, results: dict) -> str:
             else "from scratch" if results["checkpoint"] == SCRATCH
             else f"{results['checkpoint']} ({results['method']})")
   if results.get("feature_layer"):
-    protocol += f" on {results['feature_layer']} ({results['feature_grid']}x{results['feature_grid']} grid)"
+    grid = results["feature_grid"]
+    protocol += f" on {results['feature_layer']} ({grid}x{grid} grid)"
   return (f"{protocol} on {results['dataset']} {results['split']}: top-1 {results['top1']:.1%}"
           f"{top5} | {labels} ({results['num_labelled']} images), seed {results['seed']} | "
           f"{source}")

@@ -448,6 +448,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
              # What sslx.evaluation.compare names and groups runs by.
              "method": config.method, "dataset": config.data.dataset,
              "model": config.model.to_dict(), "command": _command_line()}
+  if config.eval.feature_layer:  # which features the evaluation read (default: pooled)
+    results.update(feature_layer=config.eval.feature_layer, feature_grid=config.eval.feature_grid)
 
   features = {}
   if config.eval.knn or config.eval.linear:
