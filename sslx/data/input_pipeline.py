@@ -183,7 +183,6 @@ def _record_stream(data_config: Any, src: datasets.SplitSource, name: str, split
   n = src.num_examples
   decode = src.decode
   start, stride = src.index_start, src.index_stride
-  to_rgb = _rgb_converter(data_config)
   # The example's id: its position in this process's shard, mapped to the split.
   base = src.dataset.enumerate().map(
       lambda i, ex: {"image": ex["image"], "label": ex["label"],
