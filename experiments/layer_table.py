@@ -5,10 +5,11 @@ r"""Frozen features at every layer: kNN and linear probe per feature map, beside
 
 The classic pretext-task papers probe every layer, not only the last: a
 linear classifier on each layer's features, average-pooled over a small
-spatial grid so the layout survives (Zhang, Isola & Efros 2016, Table 2 and
-Sec. 3.2.1; Noroozi & Favaro 2016, Table 2; Gidaris et al. 2018, Tables 3-4,
-RotNet's "conv1 ... conv5" rows). A pretext task's last layers specialise in
-the task, so the best layer is often an earlier one. This script makes that
+spatial grid so the layout survives (Zhang, Isola & Efros 2016, Table 2;
+their "split-brain" paper of 2017, Table 2, with the relative-patch and
+jigsaw encoders; Gidaris et al. 2018, Tables 1 and 3, RotNet's per-block
+rows). A pretext task's last layers specialise in the task, so the best
+layer is often an earlier one. This script makes that
 table for any sslx encoders: for each encoder (a pretraining workdir, an
 export, or `random`, which is always added) and each `--layers` x `--grids`
 cell, the features of `configs/knn_eval.py` / `configs/linear_eval.py` with

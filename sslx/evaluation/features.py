@@ -14,8 +14,9 @@ can be read instead, average-pooled over a `feature_grid` x `feature_grid`
 partition of its positions and flattened, so that the spatial layout
 survives. That is the classic pretext tasks' protocol: a linear classifier
 on every layer's features, pooled to a few thousand dimensions (Zhang, Isola
-& Efros 2016, Sec. 3.2.1; Noroozi & Favaro 2016; Gidaris et al. 2018,
-Tables 3-4), since a pretext task's last layers specialise in the task.
+& Efros 2016, Table 2; Zhang, Isola & Efros 2017, "split-brain", Table 2;
+Gidaris et al. 2018, Tables 1 and 3), since a pretext task's last layers
+specialise in the task.
 """
 
 from __future__ import annotations
