@@ -106,10 +106,14 @@ def test_probes_of_another_layer_get_their_own_columns(tmp_path):
   assert rows["jigsaw.py"]["kNN"] == 0.825
   assert rows["jigsaw.py"]["kNN on stage3 1x1, 100% labels (mnist5k)"] == 0.765
   assert rows["jigsaw.py (layer)"]["kNN on stage2 2x2"] == 0.910
-  assert "kNN" not in rows["jigsaw.py (layer)"]
+  assert rows["jigsaw.py (layer)"]["1 labels/class on stage2 2x2"] == 0.5
+  assert not {"kNN", "1 labels/class"} & set(rows["jigsaw.py (layer)"])
   # One random-init row holds both runs' baselines, each in its own column.
   assert rows[compare.RANDOM_ROW]["kNN"] == 0.837
   assert rows[compare.RANDOM_ROW]["kNN on stage2 2x2"] == 0.826
+  # Training from scratch reads no frozen features: one column per label count.
+  assert rows[compare.SCRATCH_ROW] == {"1 labels/class": 0.241, "5 labels/class": 0.750,
+                                       "10 labels/class": 0.883}
 
 
 def test_config_name_comes_from_the_command_line():

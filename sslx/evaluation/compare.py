@@ -43,10 +43,11 @@ def config_name(results: dict) -> str | None:
   return None
 
 
-def _few_label_columns(by_n: dict) -> dict[str, float]:
+def _few_label_columns(by_n: dict, where: str = "") -> dict[str, float]:
   # Linear probes for an encoder's row, supervised training for the scratch row:
-  # the same labelled images, so the same column.
-  return {f"{n} labels/class": r["top1"] for n, r in sorted(by_n.items(), key=lambda x: int(x[0]))}
+  # the same labelled images, so the same column (unless the probes read another layer).
+  return {f"{n} labels/class{where}": r["top1"]
+          for n, r in sorted(by_n.items(), key=lambda x: int(x[0]))}
 
 
 def _features(results: dict) -> str:
@@ -61,7 +62,7 @@ def _encoder_scores(by_protocol: dict, where: str = "") -> dict[str, float]:
     if protocol in by_protocol:
       scores[column + where] = by_protocol[protocol]["top1"]
   if "few_label_linear" in by_protocol:
-    scores.update(_few_label_columns(by_protocol["few_label_linear"]))
+    scores.update(_few_label_columns(by_protocol["few_label_linear"], where))
   if "few_label_scratch" in by_protocol:
     scores.update(_few_label_columns(by_protocol["few_label_scratch"]))
   return scores
@@ -101,9 +102,9 @@ def collect(workdirs: Sequence[str]) -> list[Row]:
       key = json.dumps([results.get("dataset"), results.get("model")], sort_keys=True)
       for name, title in (("random_init", RANDOM_ROW), ("scratch", SCRATCH_ROW)):
         if name in evaluation:
-          row = baselines.setdefault((title, key), Row(name=title))
+          baseline = baselines.setdefault((title, key), Row(name=title))
           for column, score in _encoder_scores(evaluation[name], _features(results)).items():
-            row.scores.setdefault(column, score)
+            baseline.scores.setdefault(column, score)
     elif os.path.isfile(eval_path):
       transfers.append((workdir, _read(eval_path)))
     else:

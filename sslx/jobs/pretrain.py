@@ -293,8 +293,7 @@ def final_evaluation(config, info: data.DatasetInfo, trainer: Trainer, state: Tr
       f"eval/{protocol}_{name}_{metric}": value
       for name, by_protocol in results.items() for protocol, scores in by_protocol.items()
       for metric, value in _scalars(scores).items()})
-  where = (f" on {config.eval.feature_layer} ({config.eval.feature_grid}x"
-           f"{config.eval.feature_grid} grid)" if config.eval.feature_layer else "")
+  where = _features_read(config)
   titles = {"knn": f"kNN (k={config.eval.knn_k}, T={config.eval.knn_temperature}){where}",
             "linear": f"linear probe{where}"}
   for protocol, title in titles.items():
@@ -305,6 +304,12 @@ def final_evaluation(config, info: data.DatasetInfo, trainer: Trainer, state: Tr
   if few:
     print(few_label_table(config, info, results), flush=True)
   return results
+
+
+def _features_read(config) -> str:
+  """'' for the pooled output, else ' on stage3 (2x2 grid)', for the printed results."""
+  c = config.eval
+  return f" on {c.feature_layer} ({c.feature_grid}x{c.feature_grid} grid)" if c.feature_layer else ""
 
 
 def few_label_subsets(config, labels: np.ndarray) -> dict[int, list]:
@@ -324,8 +329,8 @@ def few_label_table(config, info: data.DatasetInfo, results: dict) -> str:
     rows.append(("from scratch (labels only)", results["scratch"]["few_label_scratch"],
                  min(c.scratch.draws, c.few_label_draws)))
   width = max(len(row[0]) for row in rows)
-  lines = [f"few labels, top-1 on {config.data.dataset} {info.test_split} "
-           f"(columns: labelled images per class; mean of the draws):",
+  lines = [f"few labels{_features_read(config)}, top-1 on {config.data.dataset} "
+           f"{info.test_split} (columns: labelled images per class; mean of the draws):",
            f"  {'labels per class':<{width}}  " + "  ".join(f"{n:>6}" for n in shots)]
   for title, by_n, draws in rows:
     cells = "  ".join(f"{by_n[n]['top1']:>6.1%}" for n in shots)
