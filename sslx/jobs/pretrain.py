@@ -308,8 +308,8 @@ def final_evaluation(config, info: data.DatasetInfo, trainer: Trainer, state: Tr
 
 def _features_read(config) -> str:
   """'' for the pooled output, else ' on stage3 (2x2 grid)', for the printed results."""
-  c = config.eval
-  return f" on {c.feature_layer} ({c.feature_grid}x{c.feature_grid} grid)" if c.feature_layer else ""
+  layer, grid = config.eval.get("feature_layer"), config.eval.get("feature_grid", 1)
+  return f" on {layer} ({grid}x{grid} grid)" if layer else ""
 
 
 def few_label_subsets(config, labels: np.ndarray) -> dict[int, list]:
