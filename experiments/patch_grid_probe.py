@@ -30,17 +30,21 @@ MODES = ("whole", "whole at crop size", "grid mean", "grid concat")
 
 
 def geometry(pretrain_config):
-  """(crop size, patch, corners [K, 2] or None for a 3x3 cell grid, gap, normalise each)."""
+  """(crop size, patch size, gap, stride, normalise each) of the method's patches.
+
+  stride None: a 3x3 grid of cells with the patches `gap` apart (relative
+  patch, jigsaw); otherwise CPC's overlapping grid, a patch every `stride` px.
+  """
   method = pretrain_config["method"]
   crop = pretrain_config["views"]["v1"]["crop_size"] or pretrain_config["data"]["image_size"]
   if method == "relative_patch":
     c = pretrain_config["relative_patch"]
-    return crop, c["patch_size"], c["gap"], False
+    return crop, c["patch_size"], c["gap"], None, False
   if method == "jigsaw":
-    return crop, pretrain_config["jigsaw"]["tile_size"], 0, True
+    return crop, pretrain_config["jigsaw"]["tile_size"], 0, None, True
   if method == "cpc":
     c = pretrain_config["cpc"]
-    return crop, c["patch_size"], ("stride", c["patch_stride"]), False
+    return crop, c["patch_size"], 0, c["patch_stride"], False
   raise SystemExit(f"{method} is not a patch task (relative_patch, jigsaw or cpc).")
 
 
@@ -60,7 +64,7 @@ def main(argv):
   from sslx.methods import cpc  # pylint: disable=import-outside-toplevel
 
   _, pretrain_config, _ = checkpointing.load_encoder(args.checkpoint)
-  crop, patch, gap, normalise_each = geometry(pretrain_config)
+  crop, patch, gap, stride, normalise_each = geometry(pretrain_config)
   linear = linear_eval.get_config().linear
 
   def embed_fn(encoder, variables, mean, std, mode):
@@ -72,8 +76,8 @@ def main(argv):
       x = jax.image.resize(x, (x.shape[0], crop, crop, x.shape[-1]), "bilinear")
       if mode == "whole at crop size":
         return encoder.apply(variables, x, train=False).pooled
-      if isinstance(gap, tuple):  # CPC's overlapping grid
-        grid = cpc.patch_grid(x, patch, gap[1])
+      if stride:  # CPC's overlapping grid
+        grid = cpc.patch_grid(x, patch, stride)
         cut = grid.reshape(grid.shape[0], -1, *grid.shape[3:])
       else:
         corners = patches.grid_offsets(jax.random.PRNGKey(0), x.shape[0], crop, 3, patch, gap,

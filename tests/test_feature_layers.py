@@ -75,13 +75,13 @@ def test_embed_fn_reads_the_named_map_grid_pooled(tiny_encoder):
 
 def test_feature_layer_problems_name_what_is_valid():
   names = ("stem", "stage1", "stage2", "stage3", "stage4")
-  assert features.feature_layer_problems(None, 1, names) == []
-  assert features.feature_layer_problems("stage2", 3, names) == []
-  (problem,) = features.feature_layer_problems("stage5", 1, names)
+  assert validation.feature_layer_problems(None, 1, names) == []
+  assert validation.feature_layer_problems("stage2", 3, names) == []
+  (problem,) = validation.feature_layer_problems("stage5", 1, names)
   assert "'stage5'" in problem and "stem, stage1, stage2, stage3, stage4" in problem
-  (problem,) = features.feature_layer_problems("stage3", 0, names)
+  (problem,) = validation.feature_layer_problems("stage3", 0, names)
   assert "feature_grid=0" in problem and "positive integer" in problem
-  (problem,) = features.feature_layer_problems(None, 2, names)
+  (problem,) = validation.feature_layer_problems(None, 2, names)
   assert "needs config.eval.feature_layer" in problem
 
 

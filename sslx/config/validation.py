@@ -136,9 +136,22 @@ def model_problems(config) -> list[str]:
   problems = models.backbone_problems(model, _get(config, "data.image_size"))
   layer, grid = _get(config, "eval.feature_layer"), _get(config, "eval.feature_grid")
   if not problems and layer is not _MISSING and grid is not _MISSING:
-    from sslx.evaluation import features  # pylint: disable=import-outside-toplevel  (imports data)
-    problems += features.feature_layer_problems(
-        layer, grid, models.get_backbone(model).feature_map_names)
+    problems += feature_layer_problems(layer, grid, models.get_backbone(model).feature_map_names)
+  return problems
+
+
+def feature_layer_problems(layer: str | None, grid: int, map_names) -> list[str]:
+  """What is wrong with `eval.feature_layer` / `eval.feature_grid` for a backbone's maps."""
+  problems = []
+  if layer is not None and layer not in map_names:
+    problems.append(f"config.eval.feature_layer={layer!r} is not a feature map of this backbone; "
+                    f"valid: {', '.join(map_names)}, or None for its pooled representation.")
+  if not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
+    problems.append(f"config.eval.feature_grid={grid!r}; it must be a positive integer (the side "
+                    "of the grid a feature map is average-pooled to; 1: global average).")
+  elif layer is None and grid != 1:
+    problems.append(f"config.eval.feature_grid={grid} needs config.eval.feature_layer: the pooled "
+                    "representation has no positions left to pool over a grid.")
   return problems
 
 

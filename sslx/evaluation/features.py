@@ -58,21 +58,6 @@ def grid_pool(feature_map: jax.Array, grid: int) -> jax.Array:
   return jnp.stack(pooled, axis=1).reshape(b, grid * grid * c)
 
 
-def feature_layer_problems(layer: str | None, grid: int, map_names) -> list[str]:
-  """What is wrong with `eval.feature_layer` / `eval.feature_grid` for a backbone's maps."""
-  problems = []
-  if layer is not None and layer not in map_names:
-    problems.append(f"config.eval.feature_layer={layer!r} is not a feature map of this backbone; "
-                    f"valid: {', '.join(map_names)}, or None for its pooled representation.")
-  if not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
-    problems.append(f"config.eval.feature_grid={grid!r}; it must be a positive integer (the side "
-                    "of the grid a feature map is average-pooled to; 1: global average).")
-  elif layer is None and grid != 1:
-    problems.append(f"config.eval.feature_grid={grid} needs config.eval.feature_layer: the pooled "
-                    "representation has no positions left to pool over a grid.")
-  return problems
-
-
 def make_embed_fn(encoder, mean, std, dtype="float32", *, layer: str | None = None,
                   grid: int = 1):
   """jit(variables, uint8 images) -> features: normalise, then the encoder in inference mode.
@@ -85,6 +70,11 @@ def make_embed_fn(encoder, mean, std, dtype="float32", *, layer: str | None = No
     x = augment.normalize(augment.to_float01(images), mean, std, dtype)
     return select(encoder.apply(variables, x, train=False), layer, grid)
   return embed
+
+
+def describe(layer: str | None, grid: int = 1) -> str:
+  """'' for the pooled output, else ' on stage3 (2x2 grid)': what the printed results add."""
+  return f" on {layer} ({grid}x{grid} grid)" if layer else ""
 
 
 def select(output, layer: str | None = None, grid: int = 1) -> jax.Array:

@@ -38,6 +38,7 @@ import numpy as np
 from sslx import data
 from sslx import errors
 from sslx import models
+from sslx.config import validation as config_validation
 from sslx.core import checkpointing
 from sslx.core import mesh as mesh_lib
 from sslx.core import summaries
@@ -214,7 +215,7 @@ def setup(config, workdir: str, *, batch_sizes, need_labels: bool = False) -> Se
   for batch_size in batch_sizes:
     mesh_lib.check_batch_size(batch_size, mesh.devices.size)
   backbone = load_backbone(config)
-  layer_problems = features_lib.feature_layer_problems(
+  layer_problems = config_validation.feature_layer_problems(
       config.eval.feature_layer, config.eval.feature_grid,
       models.get_backbone(backbone.model_config).feature_map_names)
   if layer_problems:
@@ -320,9 +321,7 @@ def summary_line(protocol: str, results: dict) -> str:
   source = ("random init" if results["checkpoint"] == RANDOM
             else "from scratch" if results["checkpoint"] == SCRATCH
             else f"{results['checkpoint']} ({results['method']})")
-  if results.get("feature_layer"):
-    grid = results["feature_grid"]
-    protocol += f" on {results['feature_layer']} ({grid}x{grid} grid)"
+  protocol += features_lib.describe(results.get("feature_layer"), results.get("feature_grid", 1))
   return (f"{protocol} on {results['dataset']} {results['split']}: top-1 {results['top1']:.1%}"
           f"{top5} | {labels} ({results['num_labelled']} images), seed {results['seed']} | "
           f"{source}")

@@ -307,9 +307,8 @@ def final_evaluation(config, info: data.DatasetInfo, trainer: Trainer, state: Tr
 
 
 def _features_read(config) -> str:
-  """'' for the pooled output, else ' on stage3 (2x2 grid)', for the printed results."""
-  layer, grid = config.eval.get("feature_layer"), config.eval.get("feature_grid", 1)
-  return f" on {layer} ({grid}x{grid} grid)" if layer else ""
+  # .get: configs built by hand (tests) may predate the fields.
+  return features_lib.describe(config.eval.get("feature_layer"), config.eval.get("feature_grid", 1))
 
 
 def few_label_subsets(config, labels: np.ndarray) -> dict[int, list]:
