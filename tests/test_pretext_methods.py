@@ -56,11 +56,11 @@ def test_eight_devices_match_one_device(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["instance_discrimination"])
-def test_the_memory_bank_resumes_exactly(name, tmp_path, monkeypatch):
-  # The bank, NCE's Z and a per-step random draw of negatives: every kind of
-  # method state the new methods add (jigsaw's permutation set and colorization's
-  # colour counts are arrays of method_state saved and restored the same way).
+@pytest.mark.parametrize("name", ["instance_discrimination", "colorization", "jigsaw"])
+def test_method_state_resumes_exactly(name, tmp_path, monkeypatch):
+  # Every kind of method state the new methods add: NPID's bank, NCE's Z and a
+  # per-step random draw of negatives; colorization's running ab-bin counts (the
+  # class-rebalancing prior, summed over every step so far); jigsaw's permutation set.
   steps = 4
   config = small(name)
   config.update(train_steps=steps, batch_size=16, num_devices=2, log_every_steps=1,
@@ -74,10 +74,27 @@ def test_the_memory_bank_resumes_exactly(name, tmp_path, monkeypatch):
     preempt_after(m, progress_lib.Progress, steps // 2)
     with pytest.raises(errors.Preempted):
       pretrain.run(config, interrupted)
+  halfway, half_step = checkpointing.load_all(interrupted)
   pretrain.run(config, interrupted)
   expected, step = checkpointing.load_all(straight)
   resumed, resumed_step = checkpointing.load_all(interrupted)
-  assert step == resumed_step == steps
+  assert half_step == steps // 2 and step == resumed_step == steps
   chex.assert_trees_all_close(resumed, expected, rtol=1e-6, atol=1e-7)
-  state = expected["method_state"]
-  assert state["bank"].shape == (4000, 16) and float(state["nce_z"]) > 0
+  state, before = expected["method_state"], halfway["method_state"]
+  if name == "instance_discrimination":
+    assert state["bank"].shape == (4000, 16) and float(state["nce_z"]) > 0
+  elif name == "colorization":
+    # One count per bin at init, then every pixel of every step's ab targets
+    # (soft-encoded: each pixel's weights sum to 1): a restart that lost or
+    # re-initialised the counts would not reach this total.
+    size = config.views.v1.crop_size or config.data.image_size
+    pixels = config.batch_size * size * size
+    init = state["ab_counts"].shape[0]
+    np.testing.assert_allclose(float(np.sum(before["ab_counts"])), init + half_step * pixels,
+                               rtol=1e-4)
+    np.testing.assert_allclose(float(np.sum(state["ab_counts"])), init + steps * pixels,
+                               rtol=1e-4)
+  else:
+    perms = np.asarray(state["permutations"])
+    assert perms.shape == (10, 9) and len({tuple(p) for p in perms}) == 10
+    np.testing.assert_array_equal(np.asarray(before["permutations"]), perms)
