@@ -13,7 +13,8 @@ tile features in shuffled order names the permutation
 
 Presets (the part after ':'):
   mnist5k   (default) 27 px crops of the digits: 7 px tiles in 9 px cells,
-            100 permutations, ResNet-10 at width 0.25, batch 64.
+            1,000 permutations (the paper's best; 100 gave 2 kNN points
+            less at each of 3 seeds), ResNet-10 at width 0.25, batch 64.
   cifar10, cifar100
             48 px crops (upsampled 32 px images): 13 px tiles in 16 px cells.
             Not from the paper.
@@ -48,6 +49,10 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
     c.train_steps = 1200
     config_defaults.keep_digits_whole(c)
     c.views.v1.crop_size = 27
+    # The paper's best set (its Table 3, where 100 comes close). On the digits
+    # 1,000 gave 84.7% kNN / 89.6% linear against 82.7% / 87.5% with 100, mean of
+    # seeds 0-2 (experiments/README.md, "The classic pretext tasks on the digits").
+    c.jigsaw.num_permutations = 1000
   elif preset in ("cifar10", "cifar100"):
     c.batch_size = 256
     c.train_steps = config_defaults.epochs_to_steps(100, preset, c.batch_size)
