@@ -12,6 +12,11 @@ class SslxError(Exception):
 class ConfigError(SslxError, ValueError):
   """A config value is invalid (unknown name, out of range, inconsistent)."""
 
+  @classmethod
+  def from_problems(cls, problems: list[str]) -> "ConfigError":
+    """One error listing every problem found, one per line."""
+    return cls("Invalid config:\n  - " + "\n  - ".join(problems))
+
 
 class DatasetNotAvailableError(SslxError, RuntimeError):
   """A dataset is not prepared on disk and cannot be downloaded."""

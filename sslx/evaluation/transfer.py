@@ -219,7 +219,7 @@ def setup(config, workdir: str, *, batch_sizes, need_labels: bool = False) -> Se
       config.eval.feature_layer, config.eval.feature_grid,
       models.get_backbone(backbone.model_config).feature_map_names)
   if layer_problems:
-    raise errors.ConfigError("Invalid config:\n  - " + "\n  - ".join(layer_problems))
+    raise errors.ConfigError.from_problems(layer_problems)
   check_workdir(workdir, backbone)
   data_config = resolve_data_config(config, backbone)
   info = data.get_dataset_info(data_config)

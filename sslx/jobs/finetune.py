@@ -72,7 +72,7 @@ def validate(config) -> None:
                     "evaluators (configs/knn_eval.py, configs/linear_eval.py); fine-tuning "
                     "trains its head on the encoder's pooled output. Leave them unset.")
   if problems:
-    raise errors.ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+    raise errors.ConfigError.from_problems(problems)
 
 
 def param_labels(params, frozen_groups: int, backbone: models.Backbone):

@@ -22,7 +22,7 @@ def validate(config) -> None:
   if not config.knn.temperature > 0:
     problems.append(f"config.knn.temperature={config.knn.temperature}; it must be > 0.")
   if problems:
-    raise errors.ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+    raise errors.ConfigError.from_problems(problems)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -59,7 +59,7 @@ def validate(config) -> None:
     problems.append("checkpoint=scratch trains an encoder; a linear probe needs a frozen one "
                     "(use checkpoint=random for the untrained baseline).")
   if problems:
-    raise errors.ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+    raise errors.ConfigError.from_problems(problems)
 
 
 def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
