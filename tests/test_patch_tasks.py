@@ -112,6 +112,9 @@ def test_jigsaw_permutations_are_distinct_and_greedily_far_apart():
     best = np.min([(every != p).sum(1) for p in perms[:n]], axis=0).max()
     assert np.min([(perms[n] != p).sum() for p in perms[:n]]) == best
   assert _min_distance(jigsaw.permutation_set(64, 0)) == 7
+  # The digit and ImageNet presets' 1,000 (the README's method table quotes 5).
+  thousand = jigsaw.permutation_set(1000, 0)
+  assert len({tuple(p) for p in thousand}) == 1000 and _min_distance(thousand) == 5
 
 
 def test_unpermuting_with_the_label_recovers_the_tile_order():
