@@ -1,8 +1,5 @@
 """The few-label evaluation, the metrics log the plots read, and the pictures themselves."""
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
