@@ -52,6 +52,105 @@ def test_info_nce_matches_numpy_with_every_patch_of_the_batch_as_candidate():
   np.testing.assert_allclose(loss, np.mean(terms), rtol=1e-5)
 
 
+def _numpy_info_nce(predictions, targets, target_of, t):
+  """Mean InfoNCE over the queries (b, i, j) whose target (b, *target_of(i, j)) is on the grid."""
+  b, g, _, d = targets.shape
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  cands = unit(np.asarray(targets, np.float64).reshape(-1, d))
+  terms = []
+  for bi in range(b):
+    for i in range(g):
+      for j in range(g):
+        ti, tj = target_of(i, j)
+        if not (0 <= ti < g and 0 <= tj < g):
+          continue
+        scores = cands @ unit(np.asarray(predictions[bi, i, j], np.float64)) / t
+        true = (bi * g + ti) * g + tj
+        terms.append(-(scores[true] - np.log(np.exp(scores).sum())))
+  return np.mean(terms)
+
+
+# In image coordinates: which patch the context at (i, j) predicts k steps ahead,
+# and how to turn a map read in that direction back to image order.
+_TARGETS = {"top_down": lambda i, j, k: (i + k, j), "bottom_up": lambda i, j, k: (i - k, j),
+            "left_right": lambda i, j, k: (i, j + k), "right_left": lambda i, j, k: (i, j - k)}
+_BACK = {"top_down": lambda x: x, "bottom_up": lambda x: x[:, ::-1],
+         "left_right": lambda x: np.swapaxes(x, 1, 2),
+         "right_left": lambda x: np.swapaxes(x[:, ::-1], 1, 2)}
+
+
+def _cpc_with(directions, stride=2):
+  config = tiny_config("cpc")
+  config.views.v1.crop_size = 16
+  config.cpc.update(patch_size=8, patch_stride=stride, prediction_steps=2, context_dim=8,
+                    directions=directions)  # stride 2: a 5x5 grid
+  return config, cpc.Method(config)
+
+
+def test_every_direction_predicts_its_own_way_in_one_infonce_mean():
+  directions = tuple(cpc.DIRECTIONS)
+  config, method = _cpc_with(directions)
+  view = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
+  params, bs, state = method.init(jax.random.PRNGKey(0), view)
+  # Top-down keeps its parameter names (earlier checkpoints load); the others have their own.
+  names = {"context", "predictors"} | {f"{kind}_{d}" for d in directions[1:]
+                                       for kind in ("context", "predictors")}
+  assert set(params) == names | {"encoder"}
+  loss, out = method.loss(params, bs, state, method_batch({"v1": view}),
+                          step_rngs(jax.random.PRNGKey(2)), 0)
+  assert set(out.batch_stats) == names | {"encoder"}
+  z, _ = method.embed_grid(params, bs, view)
+  z = np.asarray(z)
+  terms = []
+  for direction in directions:
+    context_name, predictors_name = cpc.parameter_names(direction)
+    context = method.context.apply({"params": params[context_name]},
+                                   jnp.asarray(cpc.DIRECTIONS[direction](z)))
+    predictions = _BACK[direction](np.asarray(method.predictors.apply(
+        {"params": params[predictors_name]}, context)))  # image order
+    for k in (1, 2):
+      terms.append(_numpy_info_nce(predictions[..., k - 1, :], z,
+                                   lambda i, j, k=k, d=direction: _TARGETS[d](i, j, k),
+                                   config.cpc.temperature))
+  np.testing.assert_allclose(loss, np.mean(terms), rtol=1e-4)
+
+
+@pytest.mark.parametrize("direction", ["bottom_up", "left_right", "right_left"])
+def test_a_direction_never_sees_the_patches_it_predicts(direction):
+  _, method = _cpc_with((direction,))
+  z = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 4)))
+  params = method.context.init(jax.random.PRNGKey(1), jnp.asarray(z))
+  context = lambda zz: _BACK[direction](np.asarray(method.context.apply(
+      params, jnp.asarray(cpc.DIRECTIONS[direction](zz)))))
+  reference = context(z)
+  for step in range(1, 5):  # change everything `step` or more steps ahead of a line
+    ahead = {"bottom_up": np.s_[:, :5 - step], "left_right": np.s_[:, :, step:],
+             "right_left": np.s_[:, :, :5 - step]}[direction]
+    behind = {"bottom_up": np.s_[:, 5 - step:], "left_right": np.s_[:, :, :step],
+              "right_left": np.s_[:, :, 5 - step:]}[direction]
+    changed = z.copy()
+    changed[ahead] += 1.0
+    np.testing.assert_array_equal(context(changed)[behind], reference[behind])
+    assert not np.allclose(context(changed)[ahead], reference[ahead])
+
+
+def test_cpc_v1_reads_top_down_only_under_the_names_it_always_had():
+  config = tiny_config("cpc")
+  assert tuple(config.cpc.directions) == ("top_down", "bottom_up")  # CPC v2's, the default
+  config.views.v1.crop_size = 16
+  config.cpc.update(patch_size=8, patch_stride=4, prediction_steps=2, directions=("top_down",))
+  params, _, _ = cpc.Method(config).init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 3)))
+  assert set(params) == {"encoder", "context", "predictors"}
+
+
+@pytest.mark.parametrize("directions", [(), ("top_down", "top_down"), ("upwards",)])
+def test_cpc_rejects_directions_it_does_not_know(directions):
+  config = tiny_config("cpc")
+  config.cpc.directions = directions
+  problems = cpc.Method.config_problems(config)
+  assert any("config.cpc.directions" in p and "'bottom_up'" in p for p in problems), problems
+
+
 def test_cpc_rejects_a_grid_too_small_to_predict_ahead():
   config = tiny_config("cpc")
   config.views.v1.crop_size = 16

@@ -29,7 +29,8 @@ def small(name):
     config.jigsaw.update(tile_size=5, num_permutations=10)
   elif name == "cpc":
     config.views.v1.crop_size = 16
-    config.cpc.update(patch_size=8, patch_stride=4, prediction_steps=2, context_dim=16)  # 3x3 grid
+    config.cpc.update(patch_size=8, patch_stride=4, prediction_steps=2, context_dim=16,
+                      directions=("top_down", "bottom_up"))  # 3x3 grid
   elif name == "instance_discrimination":
     config.instance_discrimination.update(dim=16, loss="nce", num_negatives=32)
   elif name == "colorization":

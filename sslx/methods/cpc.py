@@ -22,6 +22,15 @@ kernel spans three rows ending at the current one), with ReLU and residual
 connections; CPC v2 uses a PixelCNN, this is its row-causal core.
 Gradients reach the encoder through both the context and the targets z (as
 in both papers).
+
+Directions (`cpc.directions`): CPC v1 reads the grid top-down only; CPC v2
+(Sec. 4.1, "BU") also predicts from below. Each direction named gets its
+own context network and predictors, which read the grid turned so that
+their direction is top-down: 'bottom_up' sees it upside down (its c[i, j]
+depends only on rows >= i and predicts the patch k rows above),
+'left_right' transposed (columns <= j, predicting k columns to the right),
+'right_left' transposed and flipped. The loss is the mean over directions
+and offsets.
 """
 
 import flax.linen as nn
@@ -33,6 +42,23 @@ from sslx import errors
 from sslx.config import validation as config_validation
 from sslx.data import patches as patches_lib
 from sslx.methods import base
+
+
+# Each direction: the grid [B, G, G, D] turned so that it reads top-down.
+DIRECTIONS = {
+    "top_down": lambda z: z,
+    "bottom_up": lambda z: z[:, ::-1],
+    "left_right": lambda z: jnp.swapaxes(z, 1, 2),
+    "right_left": lambda z: jnp.swapaxes(z, 1, 2)[:, ::-1],
+}
+
+
+def parameter_names(direction: str) -> tuple[str, str]:
+  """A direction's context network and predictors in params. Top-down keeps the
+  names it had before there were directions, so earlier checkpoints load."""
+  if direction == "top_down":
+    return "context", "predictors"
+  return f"context_{direction}", f"predictors_{direction}"
 
 
 def grid_size(image_size: int, patch: int, stride: int) -> int:
@@ -102,6 +128,10 @@ class Method(base.SSLMethod):
         "context_dim": config_validation.POSITIVE_INT,
         "context_layers": config_validation.POSITIVE_INT,
         "temperature": config_validation.POSITIVE,
+        "directions": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+                       and len(set(v)) == len(v) and all(d in DIRECTIONS for d in v),
+                       "a non-empty tuple of distinct directions from "
+                       + ", ".join(map(repr, DIRECTIONS))),
     }, prefix="cpc.")
     if problems:
       return problems
@@ -120,6 +150,7 @@ class Method(base.SSLMethod):
     c = config.cpc
     self.context = RowCausalContext(width=c.context_dim, layers=c.context_layers)
     self.predictors = nn.DenseGeneral((c.prediction_steps, self.feature_dim), use_bias=False)
+    self.directions = tuple(c.get("directions") or ("top_down",))
 
   def init(self, rng, images):
     k_enc, k_ctx, k_pred = jax.random.split(rng, 3)
@@ -128,10 +159,15 @@ class Method(base.SSLMethod):
     params, batch_stats = {}, {}
     params["encoder"], batch_stats["encoder"], x = self.init_encoder(k_enc, images[:, :p, :p])
     grid = jnp.zeros((x.shape[0], 2, 2, self.feature_dim), jnp.float32)
-    params["context"] = self.context.init(k_ctx, grid)["params"]
     ctx = jnp.zeros((x.shape[0], c.context_dim), jnp.float32)
-    params["predictors"] = self.predictors.init(k_pred, ctx)["params"]
-    batch_stats["context"] = batch_stats["predictors"] = {}
+    for i, direction in enumerate(self.directions):
+      # The first direction draws from the keys top-down alone always drew from.
+      key_ctx, key_pred = ((k_ctx, k_pred) if i == 0 else
+                           jax.random.split(jax.random.fold_in(k_ctx, i)))
+      context_name, predictors_name = parameter_names(direction)
+      params[context_name] = self.context.init(key_ctx, grid)["params"]
+      params[predictors_name] = self.predictors.init(key_pred, ctx)["params"]
+      batch_stats[context_name] = batch_stats[predictors_name] = {}
     return params, batch_stats, {}
 
   def embed_grid(self, params, batch_stats, view):
@@ -147,16 +183,27 @@ class Method(base.SSLMethod):
     del rngs, step
     c = self.config.cpc
     z, bs_enc = self.embed_grid(params, batch_stats, self.view(batch, "v1"))
-    context = self.context.apply({"params": params["context"]}, z)
-    predictions = self.predictors.apply({"params": params["predictors"]}, context)  # [B,G,G,K,D]
     g = z.shape[1]
     if g <= c.prediction_steps:
       raise errors.ConfigError(f"config.cpc: a {g}x{g} patch grid is too small for "
                                f"prediction_steps={c.prediction_steps}.")
-    losses, accuracies = zip(*[info_nce(predictions[..., k - 1, :], z, k, c.temperature)
-                               for k in range(1, c.prediction_steps + 1)])
+    losses, accuracies = [], []
+    for direction in self.directions:
+      # E.g. bottom-up is top-down on the grid upside down: row i of the
+      # flipped grid is row G-1-i, and "k rows below" there is k rows above.
+      # InfoNCE's candidates are the same patches in another order.
+      grid = DIRECTIONS[direction](z)
+      context_name, predictors_name = parameter_names(direction)
+      context = self.context.apply({"params": params[context_name]}, grid)
+      predictions = self.predictors.apply({"params": params[predictors_name]},
+                                          context)  # [B, G, G, K, D]
+      for k in range(1, c.prediction_steps + 1):
+        loss, accuracy = info_nce(predictions[..., k - 1, :], grid, k, c.temperature)
+        losses.append(loss)
+        accuracies.append(accuracy)
     pooled = jnp.mean(z, axis=(1, 2))
     return jnp.mean(jnp.stack(losses)), base.LossOutput(
-        batch_stats={"encoder": bs_enc, "context": {}, "predictors": {}},
+        batch_stats={"encoder": bs_enc, **{name: {} for direction in self.directions
+                                           for name in parameter_names(direction)}},
         method_state=method_state, features=pooled, embeddings=pooled,
         metrics={"cpc_accuracy": jnp.mean(jnp.stack(accuracies))})
