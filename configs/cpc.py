@@ -9,7 +9,9 @@ coding", CPC v2).
 One view per image, cut on device into a grid of overlapping patches; a
 row-causal context network predicts the patches below from those above,
 and a second one the patches above from those below (CPC v2), InfoNCE over
-every patch of the global batch (sslx/methods/cpc.py).
+every patch of the global batch (sslx/methods/cpc.py). A run started
+before the bottom-up network was added (2026-12-06) resumes with
+--config.cpc.directions="('top_down',)"; evaluators read its encoder as it is.
 
 Presets (the part after ':'):
   mnist5k   (default) 24 px crops, 8 px patches every 4 px (a 5x5 grid),
