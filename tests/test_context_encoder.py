@@ -55,7 +55,9 @@ def test_the_encoder_never_sees_the_removed_pixels_and_the_decoder_fills_them():
   params, bs, state = method.init(jax.random.PRNGKey(0), view)
   rngs = step_rngs(jax.random.PRNGKey(2))
   loss, out = method.loss(params, bs, state, method_batch({"v1": view}), rngs, 0)
-  mask = ce.make_masks(rngs.augment, 4, 16, "center", 0.25, 4)
+  assert config.context_encoder.mask == "random_block"  # the mnist5k preset's
+  mask = ce.make_masks(rngs.augment, 4, 16, "random_block", 0.25, 4)
+  assert len({np.asarray(m).tobytes() for m in mask}) > 1  # a square placed per image
   # What is under the mask cannot change the loss's input, only its target.
   changed = view + 5.0 * mask
   _, out2 = method.loss(params, bs, state, method_batch({"v1": changed}), rngs, 0)
@@ -94,7 +96,9 @@ def test_the_adversarial_term_moves_each_player_by_its_own_loss_only():
   params, bs, state = method.init(jax.random.PRNGKey(0), view)
   assert set(params) == {"encoder", "decoder", "discriminator"}
   rngs = step_rngs(jax.random.PRNGKey(2))
-  mask = ce.make_masks(rngs.augment, 4, 16, "center", 0.25, 4)
+  assert config.context_encoder.mask == "random_block"  # the mnist5k preset's
+  mask = ce.make_masks(rngs.augment, 4, 16, "random_block", 0.25, 4)
+  assert len({np.asarray(m).tobytes() for m in mask}) > 1  # a square placed per image
 
   def by_hand(p):
     """(L2, D's loss, G's loss) with every module applied by hand, no stop_gradient."""
