@@ -48,6 +48,14 @@ def test_the_loss_ignores_pixels_outside_the_mask():
   assert np.all(grad[~m] == 0) and np.all(grad[m] != 0)
 
 
+def _preset_mask(config, rngs):
+  """The [4, 16, 16, 1] masks the mnist5k preset draws in a step: a square at a random place."""
+  assert config.context_encoder.mask == "random_block"  # the mnist5k preset's
+  mask = ce.make_masks(rngs.augment, 4, 16, "random_block", 0.25, 4)
+  assert len({np.asarray(m).tobytes() for m in mask}) > 1  # a square placed per image
+  return mask
+
+
 def test_the_encoder_never_sees_the_removed_pixels_and_the_decoder_fills_them():
   config = tiny_config("context_encoder", batch_size=4)
   method = ce.Method(config)
@@ -55,9 +63,7 @@ def test_the_encoder_never_sees_the_removed_pixels_and_the_decoder_fills_them():
   params, bs, state = method.init(jax.random.PRNGKey(0), view)
   rngs = step_rngs(jax.random.PRNGKey(2))
   loss, out = method.loss(params, bs, state, method_batch({"v1": view}), rngs, 0)
-  assert config.context_encoder.mask == "random_block"  # the mnist5k preset's
-  mask = ce.make_masks(rngs.augment, 4, 16, "random_block", 0.25, 4)
-  assert len({np.asarray(m).tobytes() for m in mask}) > 1  # a square placed per image
+  mask = _preset_mask(config, rngs)
   # What is under the mask cannot change the loss's input, only its target.
   changed = view + 5.0 * mask
   _, out2 = method.loss(params, bs, state, method_batch({"v1": changed}), rngs, 0)
@@ -96,9 +102,7 @@ def test_the_adversarial_term_moves_each_player_by_its_own_loss_only():
   params, bs, state = method.init(jax.random.PRNGKey(0), view)
   assert set(params) == {"encoder", "decoder", "discriminator"}
   rngs = step_rngs(jax.random.PRNGKey(2))
-  assert config.context_encoder.mask == "random_block"  # the mnist5k preset's
-  mask = ce.make_masks(rngs.augment, 4, 16, "random_block", 0.25, 4)
-  assert len({np.asarray(m).tobytes() for m in mask}) > 1  # a square placed per image
+  mask = _preset_mask(config, rngs)
 
   def by_hand(p):
     """(L2, D's loss, G's loss) with every module applied by hand, no stop_gradient."""
