@@ -74,6 +74,8 @@ def test_all_problems_are_reported_in_one_error_before_anything_is_built(tmp_pat
     ("moco", "momentum", -0.1, "config.moco.momentum=-0.1; it must be a number in [0, 1]."),
     ("moco", "temperature", -1.0, "config.moco.temperature=-1.0; it must be a number > 0."),
     ("byol", "tau_base", 1.01, "config.byol.tau_base=1.01; it must be a number in [0, 1]."),
+    ("context_encoder", "decoder_input", "pool",
+     "config.context_encoder.decoder_input='pool'; it must be one of 'feature_map', 'pooled'."),
 ])
 def test_method_fields_are_range_checked(method, field, value, text):
   config = importlib.import_module(f"configs.{method}").get_config()

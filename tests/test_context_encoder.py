@@ -1,4 +1,5 @@
-"""Context encoder: masks cover the configured fraction; the L2 loss sees removed pixels only."""
+"""Context encoder: masks cover the configured fraction; the L2 loss sees removed pixels only;
+the preset's decoder reads the pooled features only."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from sslx.methods import context_encoder as ce
+from sslx.models import decoder as decoder_lib
 from conftest import method_batch, step_rngs, tiny_config
 
 
@@ -56,6 +58,17 @@ def _preset_mask(config, rngs):
   return mask
 
 
+def _preset_decoder(config, method, enc):
+  """The decoder the mnist5k preset trains and its input: the pooled features, through a
+  dense layer to a map of the last feature map's shape."""
+  c = config.context_encoder
+  assert c.decoder_input == "pooled"  # the mnist5k preset's
+  _, grid, _, width = enc.feature_maps[method.last_map].shape
+  decoder = decoder_lib.CodeDecoder(channels=tuple(c.decoder_channels), out_channels=3,
+                                    output_size=16, grid=grid, width=width)
+  return decoder, enc.pooled
+
+
 def test_the_encoder_never_sees_the_removed_pixels_and_the_decoder_fills_them():
   config = tiny_config("context_encoder", batch_size=4)
   method = ce.Method(config)
@@ -71,8 +84,8 @@ def test_the_encoder_never_sees_the_removed_pixels_and_the_decoder_fills_them():
   # Reference loss from the modules applied by hand.
   enc, _ = method.apply_train(method.encoder, params["encoder"], bs["encoder"],
                               view * (1 - mask))
-  prediction, _ = method.apply_train(method.decoder(16), params["decoder"], bs["decoder"],
-                                     enc.feature_maps[method.last_map])
+  decoder, code = _preset_decoder(config, method, enc)
+  prediction, _ = method.apply_train(decoder, params["decoder"], bs["decoder"], code)
   assert prediction.shape == (4, 16, 16, 3)
   m = np.asarray(mask, bool)[..., 0]
   ref = np.mean((np.asarray(prediction)[m] - np.asarray(view)[m]) ** 2)
@@ -107,8 +120,8 @@ def test_the_adversarial_term_moves_each_player_by_its_own_loss_only():
   def by_hand(p):
     """(L2, D's loss, G's loss) with every module applied by hand, no stop_gradient."""
     enc, _ = method.apply_train(method.encoder, p["encoder"], bs["encoder"], view * (1 - mask))
-    prediction, _ = method.apply_train(method.decoder(16), p["decoder"], bs["decoder"],
-                                       enc.feature_maps[method.last_map])
+    decoder, code = _preset_decoder(config, method, enc)
+    prediction, _ = method.apply_train(decoder, p["decoder"], bs["decoder"], code)
     d = lambda x: method.discriminator.apply({"params": p["discriminator"]}, x)
     real, fake = d(view * mask), d(prediction * mask)
     l2 = ce.masked_l2(prediction, view, mask)
@@ -141,3 +154,48 @@ def test_without_the_adversarial_term_there_is_no_discriminator():
   method = ce.Method(tiny_config("context_encoder", batch_size=4))
   params, _, _ = method.init(jax.random.PRNGKey(0), jnp.zeros((4, 16, 16, 3)))
   assert set(params) == {"encoder", "decoder"} and method.param_groups() == {}
+
+
+def test_the_code_decoder_is_a_dense_layer_and_relu_then_the_conv_decoder():
+  decoder = decoder_lib.CodeDecoder(channels=(8, 4), out_channels=3, output_size=12, grid=3,
+                                    width=5)
+  code = jax.random.normal(jax.random.PRNGKey(0), (2, 7))
+  variables = decoder.init(jax.random.PRNGKey(1), code, train=False)
+  dense = variables["params"]["expand"]
+  assert dense["kernel"].shape == (7, 3 * 3 * 5)
+  # numpy: relu(code W + b), reshaped row-major to a 3 x 3 map of 5 channels.
+  grid = np.maximum(np.asarray(code, np.float64) @ np.asarray(dense["kernel"], np.float64)
+                    + np.asarray(dense["bias"], np.float64), 0).reshape(2, 3, 3, 5)
+  conv = decoder_lib.ConvDecoder(channels=(8, 4), out_channels=3, output_size=12)
+  ref = conv.apply({"params": variables["params"]["decoder"],
+                    "batch_stats": variables["batch_stats"]["decoder"]},
+                   jnp.asarray(grid, jnp.float32), train=False)
+  out = decoder.apply(variables, code, train=False)
+  assert out.shape == (2, 12, 12, 3)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("decoder_input", ["pooled", "feature_map"])
+def test_the_decoder_reads_what_decoder_input_names_and_nothing_else(decoder_input):
+  config = tiny_config("context_encoder", batch_size=4)
+  config.context_encoder.decoder_input = decoder_input
+  method = ce.Method(config)
+  view = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3))
+  params, bs, _ = method.init(jax.random.PRNGKey(0), view)
+  out = method.encoder.apply({"params": params["encoder"], "batch_stats": bs["encoder"]}, view,
+                             train=False)
+  last = method.last_map
+
+  def predict(o):
+    decoder, x = method.decoder_for(o, 16)
+    return np.asarray(decoder.apply({"params": params["decoder"], "batch_stats": bs["decoder"]},
+                                    x, train=False))
+
+  maps = dict(out.feature_maps)
+  maps[last] = maps[last] + jax.random.normal(jax.random.PRNGKey(2), maps[last].shape)
+  other_map = out.replace(feature_maps=maps)
+  other_pooled = out.replace(pooled=out.pooled + 1.0)
+  moved_by_map = not np.allclose(predict(other_map), predict(out), atol=1e-4)
+  moved_by_pooled = not np.allclose(predict(other_pooled), predict(out), atol=1e-4)
+  assert (moved_by_map, moved_by_pooled) == ((False, True) if decoder_input == "pooled"
+                                             else (True, False))

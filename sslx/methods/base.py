@@ -178,16 +178,19 @@ class SSLMethod(abc.ABC):
     params["head"], batch_stats["head"] = self.init_module(head, k_head, x)
     return params, batch_stats
 
-  def init_encoder_and_decoder(self, rng, images, decoder, feature_map: str):
-    """(params, batch_stats) of the encoder and a dense `decoder` reading its `feature_map`,
-    keys 'encoder' and 'decoder'."""
+  def init_encoder_and_decoder(self, rng, images, decoder_for):
+    """(params, batch_stats) of the encoder and a dense decoder, keys 'encoder' and 'decoder'.
+
+    `decoder_for(encoder output)` gives the decoder and what it reads (a
+    feature map, or the pooled features).
+    """
     k_enc, k_dec = jax.random.split(rng)
     params, batch_stats = {}, {}
     params["encoder"], batch_stats["encoder"] = self.init_module(self.encoder, k_enc, images)
     out = self.encoder.apply({"params": params["encoder"], "batch_stats": batch_stats["encoder"]},
                              images, train=False)
-    params["decoder"], batch_stats["decoder"] = self.init_module(
-        decoder, k_dec, out.feature_maps[feature_map])
+    decoder, decoder_input = decoder_for(out)
+    params["decoder"], batch_stats["decoder"] = self.init_module(decoder, k_dec, decoder_input)
     return params, batch_stats
 
   def init_encoder(self, rng, images):

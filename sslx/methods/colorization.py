@@ -109,7 +109,7 @@ class Method(base.SSLMethod):
 
   def init(self, rng, images):
     params, batch_stats = self.init_encoder_and_decoder(
-        rng, images, self.decoder(images.shape[1]), self.last_map)
+        rng, images, lambda out: (self.decoder(images.shape[1]), out.feature_maps[self.last_map]))
     return params, batch_stats, {"ab_counts": jnp.ones((self.bins.shape[0],), jnp.float32)}
 
   def split_lab(self, view):

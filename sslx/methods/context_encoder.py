@@ -33,8 +33,18 @@ times the rate (the paper trains the context encoder at 10x the
 discriminator's rate: 0.1). At w = 0 no discriminator is built: the L2
 variant, with exactly the L2 loss.
 
+What the decoder reads (`context_encoder.decoder_input`):
+  * 'feature_map': the encoder's last feature map, position by position;
+  * 'pooled': only the encoder's pooled representation, the vector every
+    evaluator reads, expanded by a dense layer to a map of the last feature
+    map's shape (sslx/models/decoder.py, `CodeDecoder`). The paper's encoder
+    passes its whole-image code through a fully connected bottleneck (its
+    Sec. 3.1, a channel-wise fully connected layer; its released code, a
+    4,000-d code) so that the prediction at one place can draw on the whole
+    image; decoding from the pooled vector does that, and makes that vector
+    describe the whole digit.
 The encoder is the transferable backbone; the decoder (sslx/models/decoder.py)
-reads its last feature map and is dropped at transfer time.
+is dropped at transfer time.
 """
 
 import jax
@@ -46,6 +56,7 @@ from sslx.models import decoder as decoder_lib
 from sslx.models import discriminator as discriminator_lib
 
 MASKS = ("center", "random_block", "random_blocks")
+DECODER_INPUTS = ("feature_map", "pooled")
 
 
 def square_side(size: int, fraction: float) -> int:
@@ -105,6 +116,7 @@ class Method(base.SSLMethod):
             "mask": config_validation.one_of(*MASKS),
             "mask_fraction": config_validation.OPEN_UNIT_INTERVAL,
             "block_size": config_validation.POSITIVE_INT,
+            "decoder_input": config_validation.one_of(*DECODER_INPUTS),
             "adversarial_weight": config_validation.UNIT_INTERVAL,
             "discriminator_lr_multiplier": config_validation.POSITIVE,
         }, prefix="context_encoder.")
@@ -116,14 +128,22 @@ class Method(base.SSLMethod):
     self.discriminator = discriminator_lib.ConvDiscriminator(
         channels=tuple(config.context_encoder.discriminator_channels))
 
-  def decoder(self, size: int) -> decoder_lib.ConvDecoder:
-    return decoder_lib.ConvDecoder(channels=tuple(self.config.context_encoder.decoder_channels),
-                                   out_channels=3, output_size=size, dtype=self.dtype)
+  def decoder_for(self, out, size: int):
+    """(the decoder, what it reads) for encoder output `out` of size x size images."""
+    c = self.config.context_encoder
+    feature_map = out.feature_maps[self.last_map]
+    if c.decoder_input == "feature_map":
+      return decoder_lib.ConvDecoder(channels=tuple(c.decoder_channels), out_channels=3,
+                                     output_size=size, dtype=self.dtype), feature_map
+    _, grid, _, width = feature_map.shape
+    return decoder_lib.CodeDecoder(channels=tuple(c.decoder_channels), out_channels=3,
+                                   output_size=size, grid=grid, width=width,
+                                   dtype=self.dtype), out.pooled
 
   def init(self, rng, images):
     k_main, k_disc = jax.random.split(rng)
     params, batch_stats = self.init_encoder_and_decoder(
-        k_main, images, self.decoder(images.shape[1]), self.last_map)
+        k_main, images, lambda out: self.decoder_for(out, images.shape[1]))
     if self.adversarial_weight > 0:
       params["discriminator"], _ = self.init_module(self.discriminator, k_disc, images)
     return params, batch_stats, {}
@@ -157,8 +177,9 @@ class Method(base.SSLMethod):
     context = view * (1.0 - mask).astype(view.dtype)
     out, bs_enc = self.apply_train(self.encoder, params["encoder"], batch_stats["encoder"],
                                    context)
-    prediction, bs_dec = self.apply_train(self.decoder(size), params["decoder"],
-                                          batch_stats["decoder"], out.feature_maps[self.last_map])
+    decoder, decoder_input = self.decoder_for(out, size)
+    prediction, bs_dec = self.apply_train(decoder, params["decoder"], batch_stats["decoder"],
+                                          decoder_input)
     target = view.astype(jnp.float32)
     loss = masked_l2(prediction, target, mask)
     metrics = {"masked_fraction": jnp.mean(mask)}

@@ -9,6 +9,12 @@ odd sizes such as 20 px, a 3x3 map after a stride-8 encoder, come out exact).
 Resize-then-convolve avoids the checkerboard artefacts of transposed
 convolutions (Odena, Dumoulin & Olah, 2016, "Deconvolution and checkerboard
 artifacts"). The decoder is a head: it is dropped at transfer time.
+
+`CodeDecoder` starts from a vector instead of a map: a dense layer and ReLU
+expand it to a grid x grid x width map for a `ConvDecoder`. Decoding from the
+encoder's pooled representation makes that one vector carry the whole image,
+as the context encoder's fully connected bottleneck does (Pathak et al. 2016,
+Sec. 3.1; their released code decodes from a 4,000-d code).
 """
 
 from typing import Any, Sequence
@@ -43,3 +49,23 @@ class ConvDecoder(nn.Module):
                 name="predict")(x)
     b, _, _, c = x.shape
     return jax.image.resize(x, (b, self.output_size, self.output_size, c), "bilinear")
+
+
+class CodeDecoder(nn.Module):
+  """[B, D] -> [B, output_size, output_size, out_channels] (float32), through a
+  [B, grid, grid, width] map: dense, ReLU, then a ConvDecoder."""
+
+  channels: Sequence[int]
+  out_channels: int
+  output_size: int
+  grid: int
+  width: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, code: jax.Array, train: bool) -> jax.Array:
+    x = nn.Dense(self.grid * self.grid * self.width, dtype=self.dtype, param_dtype=jnp.float32,
+                 name="expand")(jnp.asarray(code, self.dtype))
+    x = nn.relu(x).reshape(code.shape[0], self.grid, self.grid, self.width)
+    return ConvDecoder(self.channels, self.out_channels, self.output_size, self.dtype,
+                       name="decoder")(x, train)
