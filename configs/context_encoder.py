@@ -22,9 +22,9 @@ time (experiments/README.md, issue 17).
 Presets (the part after ':'):
   mnist5k   (default) a 10 x 10 px square (a quarter of the 20 px digits) at
             a random place in each image, ResNet-10 at width 0.25, batch 64,
-            2,400 steps, decoded from the pooled features. The central square, the paper's inpainting mask,
-            gave 1.2 kNN and 1.7 linear points less on the mean of 3 seeds at
-            1,200 steps: the paper (Sec. 3.3) finds features learned around a
+            2,400 steps, decoded from the pooled features. The central
+            square, the paper's inpainting mask, gave 1.2 kNN and 1.7
+            linear points less on the mean of 3 seeds at 1,200 steps: the paper (Sec. 3.3) finds features learned around a
             fixed central mask latch onto its boundary; 2,400 steps added 1.7
             and 1.2 more; decoding from the pooled features alone instead of
             the last feature map added 2.0 and 1.5 more, at every seed
