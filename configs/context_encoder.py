@@ -24,10 +24,11 @@ Presets (the part after ':'):
             a random place in each image, ResNet-10 at width 0.25, batch 64,
             2,400 steps, decoded from the pooled features. The central
             square, the paper's inpainting mask, gave 1.2 kNN and 1.7
-            linear points less on the mean of 3 seeds at 1,200 steps: the paper (Sec. 3.3) finds features learned around a
-            fixed central mask latch onto its boundary; 2,400 steps added 1.7
-            and 1.2 more; decoding from the pooled features alone instead of
-            the last feature map added 2.0 and 1.5 more, at every seed
+            linear points less on the mean of 3 seeds at 1,200 steps: the
+            paper (Sec. 3.3) finds features learned around a fixed central
+            mask latch onto its boundary; 2,400 steps added 1.7 and 1.2
+            more; decoding from the pooled features alone instead of the
+            last feature map added 2.0 and 1.5 more, at every seed
             (experiments/README.md, issue 17).
   mnistm5k  the same settings (52.5% / 59.7% against random init's
             49.6% / 46.9%, one run).
@@ -35,8 +36,8 @@ Presets (the part after ':'):
             random blocks of 4 px over a quarter of the image (the paper's
             best mask for feature learning, its Sec. 5.2), decoded from the
             last feature map (with the mnist5k preset's other settings, the
-            pooled decoder was level with it on the CIFAR-10 subset, 3
-            seeds, experiments/RESULTS.md). Not from the paper.
+            pooled decoder did not help on the CIFAR-10 subset, 3 seeds,
+            experiments/RESULTS.md). Not from the paper.
   imagenet  random blocks of 16 px over a quarter of 128 px crops (the
             paper's 227 px input, smaller here), ResNet-50; SGD, not from
             the paper (which uses Adam and AlexNet).
