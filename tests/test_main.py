@@ -172,6 +172,50 @@ def test_log_filter_drops_only_orbax_and_tfds_info_and_unretrieved_asyncio_failu
   assert keep(record("absl", std_logging.INFO, "step 1/2", "/work/sslx/core/progress.py"))
 
 
+_ABANDONED_READ = """
+import asyncio
+
+async def _read_array_index_and_device_put():
+  try:
+    await asyncio.sleep(0)
+  except GeneratorExit as e:  # as Orbax's read does when its restore is abandoned
+    raise Exception("Encountered error while reading array index") from e
+
+
+class Loop:
+  def __init__(self, message):
+    self.message = message
+
+  def __del__(self):
+    raise RuntimeError(self.message)
+"""
+
+
+@pytest.mark.parametrize("source, make, printed", [
+    ("/site-packages/orbax/checkpoint/serialization.py", "read", False),
+    ("/site-packages/orbax/checkpoint/serialization.py", "Event loop is closed", False),
+    # Not Orbax's, or another exception: printed as Python prints it.
+    ("/work/sslx/core/checkpointing.py", "read", True),
+    ("/site-packages/orbax/checkpoint/serialization.py", "Event loop is running", True),
+])
+def test_unraisable_hook_drops_only_orbaxs_abandoned_reads_and_closed_loops(
+    source, make, printed, capsys, monkeypatch):
+  import gc  # pylint: disable=g-import-not-at-top
+  from sslx.core import quiet_noise  # pylint: disable=g-import-not-at-top
+  namespace = {}
+  exec(compile(_ABANDONED_READ, source.replace("/", os.sep), "exec"), namespace)  # pylint: disable=exec-used
+  monkeypatch.setattr(sys, "unraisablehook", quiet_noise.ignore_known_noise)
+  if make == "read":
+    read = namespace["_read_array_index_and_device_put"]()
+    read.send(None)  # suspended mid-read, then abandoned: closing it raises
+    del read
+  else:
+    namespace["Loop"](make)  # raises in __del__
+  gc.collect()
+  err = capsys.readouterr().err
+  assert ("Exception ignored" in err) == printed, err
+
+
 def test_main_reports_bad_input_without_a_stack_trace(tmp_path, tfds_dir):
   workdir = tmp_path / "bad"
   result = _main(str(workdir), tfds_dir, "--config.method=byool")

@@ -136,17 +136,24 @@ def test_main_reports_a_missing_checkpoint_without_a_stack_trace(tmp_path, tfds_
   assert "No checkpoints under" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_step_deleted_while_orbax_lists_the_steps_is_not_an_error(pretrained, monkeypatch):
+@pytest.mark.parametrize("race", [
+    # the stat of a listed step that is gone (seen in CI)
+    FileNotFoundError(2, "No such file or directory"),
+    # Orbax's metadata path check: exists(), then not is_dir() (seen on 2026-12-07)
+    NotADirectoryError("Path is not a directory"),
+])
+def test_a_step_deleted_while_orbax_lists_the_steps_is_not_an_error(pretrained, monkeypatch,
+                                                                     race):
   # Orbax lists the step directories, then stats each; a live writer's keep-N
-  # deletion in between raises FileNotFoundError (seen in CI). The reader must
-  # list again, not fail. Here every other listing hits that race.
+  # deletion in between raises one of these. The reader must list again, not
+  # fail. Here every other listing hits that race.
   listings = {"calls": 0}
   load_infos = ocp.CheckpointManager._load_checkpoint_infos
 
   def racy_load_infos(self, *args, **kwargs):
     listings["calls"] += 1
     if listings["calls"] % 2 == 1:
-      raise FileNotFoundError(2, "No such file or directory", f"{self.directory}/1")
+      raise race
     return load_infos(self, *args, **kwargs)
 
   monkeypatch.setattr(ocp.CheckpointManager, "_load_checkpoint_infos", racy_load_infos)

@@ -243,13 +243,15 @@ def _retry_vanished(list_steps, attempts: int = 20):
   """Runs `list_steps` again when a step directory vanishes while Orbax lists them.
 
   Orbax lists the step directories, then stats each one; a live writer's
-  keep-N deletion between the two raises FileNotFoundError from the stat.
-  The listing is simply stale, so a fresh one is correct.
+  keep-N deletion between the two raises FileNotFoundError from the stat, or
+  NotADirectoryError where Orbax saw the step exist and then found it no
+  directory (its metadata path check: `exists()`, then `is_dir()`). The
+  listing is simply stale, so a fresh one is correct.
   """
   for attempt in range(attempts):
     try:
       return list_steps()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
       if attempt == attempts - 1:
         raise
       time.sleep(0.05)

@@ -30,21 +30,41 @@ class QuietLibraries(std_logging.Filter):
         package in record.pathname for package in self._PACKAGES)
 
 
-def ignore_closed_event_loop(unraisable) -> None:
-  """Orbax's asyncio threads can outlive their event loop at exit after a failed restore.
+def is_abandoned_orbax_read(unraisable) -> bool:
+  """An Orbax read coroutine that raised while being closed, unfinished.
 
-  Python then prints "Exception ignored ... RuntimeError: Event loop is
-  closed" with a traceback, after (or even before) sslx's one-line error: noise
-  that reads like a crash. Only that exception is silenced; others print.
+  When one array of a restore fails (an evaluator reading a live workdir as
+  the trainer deletes that step: sslx/core/checkpointing.py retries on the
+  newest step), Orbax abandons the sibling reads; closing each throws
+  GeneratorExit into it, which it re-raises as a TensorStore error, and
+  Python prints that as "Exception ignored in: <coroutine ...>" with a
+  page of traceback, though the restore was retried or reported already.
   """
-  if (isinstance(unraisable.exc_value, RuntimeError)
-      and str(unraisable.exc_value) == "Event loop is closed"):
-    logging.debug("ignored at exit: %s", unraisable.exc_value)
+  coroutine, exc = unraisable.object, unraisable.exc_value
+  code = getattr(coroutine, "cr_code", None)
+  return (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+          and exc is not None
+          and isinstance(exc.__cause__ or exc.__context__, GeneratorExit))
+
+
+def ignore_known_noise(unraisable) -> None:
+  """Drops two harmless unraisable exceptions of Orbax; others print as usual.
+
+  * Orbax's asyncio threads can outlive their event loop at exit after a
+    failed restore: "Exception ignored ... RuntimeError: Event loop is
+    closed", after (or even before) sslx's one-line error.
+  * The abandoned reads of a restore that failed (`is_abandoned_orbax_read`).
+  Both print tracebacks that read like a crash where there was none.
+  """
+  exc = unraisable.exc_value
+  if ((isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed")
+      or is_abandoned_orbax_read(unraisable)):
+    logging.debug("ignored: %s", str(exc).splitlines()[0][:200] if str(exc) else repr(exc))
     return
   sys.__unraisablehook__(unraisable)
 
 
 def install() -> None:
-  """Filters absl's handler and drops the one harmless exit-time exception (see above)."""
-  sys.unraisablehook = ignore_closed_event_loop
+  """Filters absl's handler and drops the harmless unraisable exceptions (see above)."""
+  sys.unraisablehook = ignore_known_noise
   logging.get_absl_handler().addFilter(QuietLibraries())
