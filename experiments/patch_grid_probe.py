@@ -16,6 +16,17 @@ encoder's width) or concatenated in grid order ("grid concat"), then scored
 with the kNN and L-BFGS probe of configs/knn_eval.py and configs/linear_eval.py.
 "Whole" is what the evaluators do; "whole at crop size" resizes first.
 The geometry is read from the checkpoint's own config.
+
+Two more whole-image rows test whether the gap is a mismatch of input
+statistics rather than of what was learned. The encoder's BatchNorm running
+statistics were averaged over patches in training, and the evaluators apply
+them to whole images: "whole, BN re-estimated" replaces them with the
+population statistics of the whole train images (each BatchNorm's batch
+statistics in training mode, averaged over batches of 500, as PreciseBN
+does; Wu & Johnson 2021, "Rethinking 'batch' in BatchNorm", Sec. 3). Jigsaw
+normalises every tile on its own, and the evaluators normalise with the
+dataset's statistics: "whole, each image normalised" gives each whole image
+zero mean and unit variance instead, as the tiles had.
 """
 
 import argparse
@@ -26,7 +37,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-MODES = ("whole", "whole at crop size", "grid mean", "grid concat")
+MODES = ("whole", "whole, BN re-estimated", "whole, each image normalised",
+         "whole at crop size", "grid mean", "grid concat")
+BATCH = 500
 
 
 def geometry(pretrain_config):
@@ -62,17 +75,33 @@ def main(argv):
   from sslx.data import augment, patches  # pylint: disable=import-outside-toplevel
   from sslx.evaluation import knn, linear_probe, transfer  # pylint: disable=import-outside-toplevel
   from sslx.methods import cpc  # pylint: disable=import-outside-toplevel
+  from sslx.models.resnet import BN_MOMENTUM  # pylint: disable=import-outside-toplevel
 
   _, pretrain_config, _ = checkpointing.load_encoder(args.checkpoint)
   crop, patch, gap, stride, normalise_each = geometry(pretrain_config)
   linear = linear_eval.get_config().linear
 
+  def reestimate_batch_stats(encoder, variables, mean, std, train_images):
+    """`variables` with every BatchNorm's statistics those of whole train images (see above)."""
+    @jax.jit
+    def batch_stats_of(images):
+      x = augment.normalize(augment.to_float01(images), mean, std, "float32")
+      _, updated = encoder.apply(variables, x, train=True, mutable=["batch_stats"])
+      # Flax keeps momentum * old + (1 - momentum) * batch; undo it to get the batch's own.
+      return jax.tree.map(lambda new, old: (new - BN_MOMENTUM * old) / (1 - BN_MOMENTUM),
+                          updated["batch_stats"], variables["batch_stats"])
+    per_batch = [batch_stats_of(train_images[i:i + BATCH])
+                 for i in range(0, len(train_images), BATCH)]
+    return {**variables, "batch_stats": jax.tree.map(lambda *s: sum(s) / len(s), *per_batch)}
+
   def embed_fn(encoder, variables, mean, std, mode):
     @jax.jit
     def embed(images):
       x = augment.normalize(augment.to_float01(images), mean, std, "float32")
-      if mode == "whole":
+      if mode in ("whole", "whole, BN re-estimated"):
         return encoder.apply(variables, x, train=False).pooled
+      if mode == "whole, each image normalised":
+        return encoder.apply(variables, patches.normalize_each(x), train=False).pooled
       x = jax.image.resize(x, (x.shape[0], crop, crop, x.shape[-1]), "bilinear")
       if mode == "whole at crop size":
         return encoder.apply(variables, x, train=False).pooled
@@ -102,15 +131,19 @@ def main(argv):
     split = {}
     for which in ("train", "test"):
       xs, ys = [], []
-      for batch in data.make_eval_iterator(data_config, which, batch_size=500):
+      for batch in data.make_eval_iterator(data_config, which, batch_size=BATCH):
         mask = np.asarray(batch["mask"], bool)
         xs.append(np.asarray(batch["image"])[mask])
         ys.append(np.asarray(batch["label"])[mask])
       split[which] = np.concatenate(xs), np.concatenate(ys)
     for mode in MODES:
       t0 = time.perf_counter()
-      f = embed_fn(encoder, loaded.variables, info.mean, info.std, mode)
-      feats = {w: np.concatenate([np.asarray(f(x[i:i + 500])) for i in range(0, len(x), 500)])
+      variables = (reestimate_batch_stats(encoder, loaded.variables, info.mean, info.std,
+                                          split["train"][0])
+                   if mode == "whole, BN re-estimated" else loaded.variables)
+      f = embed_fn(encoder, variables, info.mean, info.std, mode)
+      feats = {w: np.concatenate([np.asarray(f(x[i:i + BATCH]))
+                                  for i in range(0, len(x), BATCH)])
                for w, (x, _) in split.items()}
       (train_y, test_y) = split["train"][1], split["test"][1]
       k = knn.knn_accuracy(feats["train"], train_y, feats["test"], test_y, k=config.knn.k,

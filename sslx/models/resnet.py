@@ -45,6 +45,8 @@ LAYER_GROUPS = ('stem', 'stage1', 'stage2', 'stage3', 'stage4')
 # nonlinearity='relu'); matching it keeps activation scales (and thus the
 # early-training behaviour the papers' hyperparameters were tuned for) the same.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# Running statistics keep BN_MOMENTUM of the old value per step (torchvision's 0.1 update).
+BN_MOMENTUM = 0.9
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -63,7 +65,7 @@ def _batch_norm(dtype: Dtype, train: bool, name: str,
   """
   return nn.BatchNorm(
       use_running_average=not train,
-      momentum=0.9,
+      momentum=BN_MOMENTUM,
       epsilon=1e-5,
       dtype=dtype,
       param_dtype=jnp.float32,
