@@ -66,8 +66,8 @@ def newest_state(workdir: str):
 
 def compare(reference, other, rtol: float, atol: float) -> dict:
   """Max abs difference and exact-equality count over every array of two saved states."""
-  ref_leaves = jax.tree_util.tree_flatten_with_path(reference)[0]
-  other_leaves = dict(jax.tree_util.tree_flatten_with_path(other)[0])
+  ref_leaves = jax.tree.leaves_with_path(reference)
+  other_leaves = dict(jax.tree.leaves_with_path(other))
   worst, worst_path, equal, close = 0.0, None, 0, True
   for path, a in ref_leaves:
     b = other_leaves.get(path)

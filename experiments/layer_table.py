@@ -76,8 +76,7 @@ def evaluate(name, checkpoint, args, columns):
   row = {}
   for layer, grid in columns:
     t0 = time.perf_counter()
-    extract = transfer.feature_extractor(s.backbone, s.info, s.data_config, s.mesh,
-                                         layer=layer, grid=grid)
+    extract = transfer.feature_extractor(s, layer=layer, grid=grid)
     train_x, train_y = extract("train", batch_size=config.eval.batch_size, indices=s.subset)
     test_x, test_y = extract("test", batch_size=config.eval.batch_size)
     k = knn.knn_accuracy(train_x, train_y, test_x, test_y, k=config.knn.k,

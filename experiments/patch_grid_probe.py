@@ -125,7 +125,8 @@ def main(argv):
     config = knn_eval.get_config()
     config.checkpoint, config.seed = spec, args.seed
     loaded = transfer.load_backbone(config)
-    data_config = transfer.resolve_data_config(config, loaded)
+    prep = transfer.resolve_preprocessing(config, loaded)
+    data_config = prep.data_config(config.data)
     info = data.get_dataset_info(data_config)
     encoder = models.create_encoder(loaded.model_config)
     split = {}
@@ -138,10 +139,10 @@ def main(argv):
       split[which] = np.concatenate(xs), np.concatenate(ys)
     for mode in MODES:
       t0 = time.perf_counter()
-      variables = (reestimate_batch_stats(encoder, loaded.variables, info.mean, info.std,
+      variables = (reestimate_batch_stats(encoder, loaded.variables, prep.mean, prep.std,
                                           split["train"][0])
                    if mode == "whole, BN re-estimated" else loaded.variables)
-      f = embed_fn(encoder, variables, info.mean, info.std, mode)
+      f = embed_fn(encoder, variables, prep.mean, prep.std, mode)
       feats = {w: np.concatenate([np.asarray(f(x[i:i + BATCH]))
                                   for i in range(0, len(x), BATCH)])
                for w, (x, _) in split.items()}

@@ -8,9 +8,13 @@
 'stage1'..'stage4' for a ResNet), `encoder.preprocess(images)` the network's
 input, and `encoder.module` / `encoder.variables` the flax module and its
 weights for one's own JAX code (`encoder.module.apply(encoder.variables, x,
-train=False)`). Images are preprocessed as sslx evaluates them: a centre
-square crop, resized to the pretraining size, scaled to [0, 1], normalised
-with the pretraining dataset's mean and std. Grey images are repeated to RGB.
+train=False)`). Images are preprocessed exactly as every sslx evaluator feeds
+this encoder (`encoder.preprocessing`, saved in its checkpoint): the shorter
+side resized and the centre square cut at the encoder's input size, grey
+repeated to RGB (or colour turned into grey lightness for an encoder trained
+on it), scaled to [0, 1] and normalised with the mean and std of the data it
+was trained on. Float images in [0, 1] are first quantised to 8 bits, as the
+pipeline reads every image.
 
 Exports: `encoder.save_portable(dir)` (msgpack + JSON, readable without
 sslx; sslx/export/portable.py) and `encoder.save_torchvision(path)` (a
@@ -31,6 +35,10 @@ import numpy as np
 
 from sslx import errors
 from sslx import models
+from sslx.data import augment
+from sslx.data.info import Preprocessing
+from sslx.evaluation import features as features_lib
+from sslx.evaluation import transfer
 from sslx.export import portable
 from sslx.export import torch_resnet
 
@@ -40,9 +48,7 @@ class Encoder:
   """A frozen encoder with the preprocessing it was trained with."""
   model: dict[str, Any]  # the backbone's identity fields (name, width, stem, ...)
   variables: Any  # {'params', 'batch_stats'}
-  image_size: int
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
+  preprocessing: Preprocessing
   source: dict[str, Any]  # checkpoint, step, method, pretraining dataset
 
   def __post_init__(self):
@@ -54,54 +60,73 @@ class Encoder:
   def feature_dim(self) -> int:
     return self.backbone.feature_dim
 
-  def preprocess(self, images) -> jax.Array:
-    """[N, H, W, C] or [H, W, C] images (uint8, or floats in [0, 1]) -> the network's input."""
-    x = jnp.asarray(images)
+  @property
+  def image_size(self) -> int:
+    return self.preprocessing.image_size
+
+  @property
+  def mean(self) -> tuple[float, ...]:
+    return self.preprocessing.mean
+
+  @property
+  def std(self) -> tuple[float, ...]:
+    return self.preprocessing.std
+
+  def crops(self, images) -> np.ndarray:
+    """[N, H, W, C] or [H, W, C] images (uint8, or floats in [0, 1]) -> uint8 [N, S, S, 3]."""
+    from sslx.data import input_pipeline  # pylint: disable=import-outside-toplevel  (TensorFlow)
+    x = np.asarray(images)
     if x.ndim == 3:
       x = x[None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
       raise errors.ConfigError(f"Images must be [N, H, W, 3] or [N, H, W, 1]; got shape "
                                f"{tuple(x.shape)}.")
-    x = x.astype(jnp.float32) / 255.0 if jnp.issubdtype(x.dtype, jnp.integer) else x
-    x = x.astype(jnp.float32)
-    if x.shape[-1] == 1:
-      x = jnp.repeat(x, 3, axis=-1)
-    n, h, w, _ = x.shape
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    x = x[:, top:top + side, left:left + side]
-    if side != self.image_size:
-      x = jax.image.resize(x, (n, self.image_size, self.image_size, 3), "bilinear",
-                           antialias=True)
-    return (x - jnp.asarray(self.mean)) / jnp.asarray(self.std)
+    if not np.issubdtype(x.dtype, np.integer):
+      x = np.round(np.clip(x.astype(np.float32), 0.0, 1.0) * 255.0)
+    return input_pipeline.eval_crops(x.astype(np.uint8), self.preprocessing)
+
+  def preprocess(self, images) -> jax.Array:
+    """[N, H, W, C] or [H, W, C] images (uint8, or floats in [0, 1]) -> the network's input."""
+    p = self.preprocessing
+    return augment.normalize(augment.to_float01(jnp.asarray(self.crops(images))), p.mean, p.std,
+                             jnp.float32)
 
   @functools.cached_property
-  def _apply(self):
-    return jax.jit(lambda variables, x: self.module.apply(variables, x, train=False))
+  def _embed(self):
+    # The evaluators' own feature function: the same pixels give the same features.
+    return features_lib.make_embed_fn(self.module, self.preprocessing, jnp.float32)
 
-  def _batched(self, images, batch_size: int, pick):
+  @functools.cached_property
+  def _maps(self):
+    p = self.preprocessing
+    return jax.jit(lambda variables, images: dict(self.module.apply(
+        variables, augment.normalize(augment.to_float01(images), p.mean, p.std, jnp.float32),
+        train=False).feature_maps))
+
+  def _batched(self, images, batch_size: int, fn):
     images = np.asarray(images)
     single = images.ndim == 3
-    images = images[None] if single else images
-    outputs = [jax.device_get(pick(self._apply(self.variables, self.preprocess(
-        images[i:i + batch_size])))) for i in range(0, len(images), batch_size)]
+    crops = self.crops(images)
+    outputs = [jax.device_get(fn(self.variables, crops[i:i + batch_size]))
+               for i in range(0, len(crops), batch_size)]
     out = jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
     return jax.tree.map(lambda a: a[0], out) if single else out
 
   def __call__(self, images, batch_size: int = 256) -> np.ndarray:
     """Pooled features [N, feature_dim] (float32) of `images`."""
-    return self._batched(images, batch_size, lambda out: out.pooled)
+    return self._batched(images, batch_size, self._embed)
 
   def feature_maps(self, images, batch_size: int = 256) -> dict[str, np.ndarray]:
     """The backbone's named feature maps of `images`, each [N, h, w, c]."""
-    return self._batched(images, batch_size, lambda out: dict(out.feature_maps))
+    return self._batched(images, batch_size, self._maps)
 
   def description(self) -> dict[str, Any]:
     return {"model": dict(self.model), "feature_dim": self.feature_dim,
             "feature_maps": list(self.backbone.feature_map_names),
-            "input": {"image_size": self.image_size, "mean": list(self.mean),
-                      "std": list(self.std), "layout": "NHWC", "range": "[0, 1] before mean/std",
-                      "crop": "centre square, resized (bilinear) to image_size"},
+            "input": {**self.preprocessing.to_dict(), "layout": "NHWC",
+                      "range": "[0, 1] before mean/std",
+                      "crop": "shorter side resized (bilinear, antialiased) to "
+                              "image_size / crop_fraction, centre square of image_size"},
             "source": self.source}
 
   def save_portable(self, directory: str) -> dict[str, str]:
@@ -120,30 +145,21 @@ def load_encoder(path: str, step: int | None = None, *, image_size: int | None =
                  mean=None, std=None) -> Encoder:
   """The encoder at `path`, ready to call on images.
 
-  `path` is a pretraining workdir (its newest step, or `step`),
+  `path` is a training workdir (its newest step, or `step`),
   WORKDIR/checkpoints/STEP, a directory `save_portable` wrote, or a torch
   ResNet state_dict (.pt/.pth: torchvision or timm). A state_dict carries no
   preprocessing: it gets ImageNet's mean/std at 224 px unless `image_size`,
   `mean` and `std` say otherwise (they override every source's).
   """
-  from sslx.data import datasets  # pylint: disable=import-outside-toplevel
-  from sslx.evaluation import transfer  # pylint: disable=import-outside-toplevel
   if path in (transfer.RANDOM, transfer.SCRATCH):
     raise errors.ConfigError(f"load_encoder({path!r}): give a pretraining workdir, a step, an "
                              "export or a .pt; a random encoder is models.create_encoder's.")
   config = ml_collections.ConfigDict({
       "checkpoint": os.path.expanduser(path), "checkpoint_step": step, "model": {}})
   loaded = transfer.load_backbone(config)
-  source = dict(loaded.source)
-  inputs = source.pop("input", None)
-  if inputs:  # a portable export says how it was fed
-    default_mean, default_std, default_size = inputs["mean"], inputs["std"], inputs["image_size"]
-  elif source["pretrain_dataset"]:
-    (default_mean, default_std), default_size = (datasets.normalization(
-        source["pretrain_dataset"]), source["pretrain_image_size"])
-  else:  # a torch state_dict: torchvision's ImageNet preprocessing
-    default_mean, default_std, default_size = datasets.IMAGENET_MEAN, datasets.IMAGENET_STD, 224
+  prep = loaded.preprocessing or Preprocessing(image_size=224, mean=transfer.IMAGENET_MEAN,
+                                               std=transfer.IMAGENET_STD)
+  overrides = {k: tuple(v) if k != "image_size" else v
+               for k, v in dict(image_size=image_size, mean=mean, std=std).items() if v is not None}
   return Encoder(model=loaded.model_config.to_dict(), variables=loaded.variables,
-                 image_size=image_size or default_size,
-                 mean=tuple(mean if mean is not None else default_mean),
-                 std=tuple(std if std is not None else default_std), source=source)
+                 preprocessing=dataclasses.replace(prep, **overrides), source=dict(loaded.source))

@@ -1,4 +1,4 @@
-"""Test setup: 8 fake CPU devices, and fast compilation.
+"""Test setup: 8 CPU devices (JAX_NUM_CPU_DEVICES), and fast compilation.
 
 XLA reads these flags when the backend starts, so they are set before anything
 imports jax. Tests that do not build a mesh run on device 0 as usual.
@@ -17,10 +17,10 @@ import os
 
 # Compilation flags of every test process and of the processes tests start.
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
-TEST_XLA_FLAGS = "--xla_force_host_platform_device_count=8 " + FAST_COMPILE_FLAGS
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-for _flag in TEST_XLA_FLAGS.split():
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")  # jax reads it when it is imported
+for _flag in FAST_COMPILE_FLAGS.split():
   if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -59,7 +59,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def subprocess_env() -> dict[str, str]:
   """The environment of a `python main.py` (or script) process a test starts: this one's, on
   one CPU backend whose device count main.py sets itself, compiled as tests compile."""
-  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE_FLAGS)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE_FLAGS)
+  env.pop("JAX_NUM_CPU_DEVICES", None)
+  return env
 
 # A dataset description for trainer tests that feed synthetic batches.
 INFO = _data.DatasetInfo(name="synthetic", num_classes=10, num_train_examples=64,
@@ -134,11 +136,9 @@ def method_batch(groups: dict, labels=None):
 
 
 def step_rngs(key):
-  """StepRngs with every purpose derived from one key (for calling a method's loss)."""
-  import jax as _jax  # pylint: disable=g-import-not-at-top
-  from sslx.methods import base  # pylint: disable=g-import-not-at-top
-  a, d, p = _jax.random.split(key, 3)
-  return base.StepRngs(augment=a, dropout=d, drop_path=p)
+  """The StepRngs of a step whose key is `key` (for calling a method's loss)."""
+  from sslx.core import rngs  # pylint: disable=g-import-not-at-top
+  return rngs.StepRngs(key=rngs.as_typed(key))
 
 
 def run_steps(config, num_devices, num_steps=2):
@@ -195,7 +195,8 @@ def main_config(tfds_dir, *flags, config_file="configs/byol.py", tiny=True):
 def preempt_after(monkeypatch, reporter, step):
   """A real SIGTERM to this process once `reporter.report` has logged `step`, as a scheduler
   sends it. `reporter` is the class whose `report(self, step, metrics)` the loop calls
-  (pretraining: progress.Progress; the supervised jobs: supervised_loop.Loop)."""
+  (progress.Progress). The loop decides once per step, after the step, whether to stop:
+  a signal sent while step k is logged stops the run after step k + 1."""
   import signal  # pylint: disable=g-import-not-at-top
   report = reporter.report
 

@@ -28,7 +28,7 @@ def main():
   args = parser.parse_args()
   # Before jax starts: this process's CPU devices. conftest, imported below before
   # the backend starts, keeps this count and adds its FAST_COMPILE_FLAGS.
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.local_devices}"
+  os.environ["JAX_NUM_CPU_DEVICES"] = str(args.local_devices)
   here = os.path.dirname(os.path.abspath(__file__))
   sys.path[:0] = [here, os.path.dirname(here)]
   import jax  # pylint: disable=import-outside-toplevel

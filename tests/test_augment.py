@@ -303,12 +303,19 @@ def test_partial_probability_selects_whole_images():
   assert 10 < kept.sum() < 54
 
 
-def test_output_range():
-  x = _batch(7, n=32)
-  got = _photometric(jax.random.key(0), x, color_jitter_prob=1.0,
-                     brightness=0.9, contrast=0.9, saturation=0.9, hue=0.5,
-                     grayscale_prob=0.2, blur_prob=0.5, solarize_prob=0.5)
-  assert got.min() >= 0.0 and got.max() <= 1.0
+def test_uint8_and_unit_float_crops_give_the_same_views():
+  # The pipeline hands uint8 crops to the device; floats in [0, 1] are accepted too. Scaling
+  # either twice (or not at all) would change every view, not only its range.
+  f = _jitted_augment_views(jnp.float32)
+  images = _uint8_views(4)
+  from_uint8 = f(jax.random.key(2), jnp.asarray(images))
+  from_float = f(jax.random.key(2), jnp.asarray(images, jnp.float32) / 255.0)
+  for a, b in zip(from_uint8, from_float):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+  # ...and they are the normalised images: undoing the normalisation lands in [0, 1].
+  unnormalised = np.asarray(from_uint8[0]) * np.asarray(_STD) + np.asarray(_MEAN)
+  assert unnormalised.min() > -1e-5 and unnormalised.max() < 1 + 1e-5
+  assert unnormalised.max() > 0.5  # not collapsed to 0 by a double scaling
 
 
 def test_grey_stays_grey():

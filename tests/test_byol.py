@@ -1,6 +1,5 @@
 """BYOL: loss against a numpy reference, the EMA target, and where gradients stop."""
 
-import functools
 
 import chex
 import jax
@@ -10,6 +9,8 @@ import pytest
 
 from conftest import method_batch, step_rngs, tiny_config
 from sslx.methods import byol
+
+BATCH = 8
 
 
 def _tiny_config(train_steps=10):
@@ -60,28 +61,55 @@ def test_init_target_equals_online(method_and_state):
                                "projector": batch_stats["projector"]})
 
 
-def test_loss_is_symmetric_regression_of_predictions_on_other_views_targets(method_and_state):
-  method, params, batch_stats, state, views = method_and_state
-  loss, out = method.jit_loss(params, batch_stats, state, _batch(views), step_rngs(jax.random.PRNGKey(0)), 0)
+def _fixed_networks(monkeypatch, method, embeddings):
+  """The online and target networks replaced by fixed embeddings per view.
 
-  @functools.partial(jax.jit, static_argnums=3)
-  def run(module_params, module_stats, x, with_predictor):
-    f, _ = method.encode(module_params["encoder"], module_stats["encoder"], x)
-    z, _ = method.apply_train(method.projector, module_params["projector"],
-                              module_stats["projector"], f)
-    if not with_predictor:
-      return z
-    q, _ = method.apply_train(method.predictor, module_params["predictor"],
-                              module_stats["predictor"], z)
-    return q
+  View i of the batch is filled with the value i, so a stub knows (traced or not) which view
+  it sees; `embeddings` maps 'q' (online predictions), 'p' (online projections) and 'z'
+  (target projections) to a pair (view 1, view 2), read at call time (they may be traced).
+  """
+  def pick(name, x):
+    first, second = embeddings[name]
+    return jnp.where(x[0, 0, 0, 0] == 1.0, first, second)
 
-  q1, q2 = (np.asarray(run(params, batch_stats, v, True)) for v in views)
-  t1, t2 = (np.asarray(run(state["target_params"], state["target_batch_stats"], v, False))
-            for v in views)
-  expected = np.mean(_np_regression(q1, t2) + _np_regression(q2, t1))
-  np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
-  chex.assert_shape(out.features, (8, 64))
-  chex.assert_shape(out.embeddings, (8, 16))
+  def online(params, batch_stats, x, rngs):
+    del params, rngs
+    p = pick("p", x)
+    return p[:, :4], p, pick("q", x), batch_stats
+  monkeypatch.setattr(method, "_online", online)
+  monkeypatch.setattr(method, "_target", lambda params, bs, x, rngs: (pick("z", x), bs))
+  views = (jnp.ones((BATCH, 16, 16, 3)), jnp.full((BATCH, 16, 16, 3), 2.0))
+  return _batch(views)
+
+
+
+def test_loss_from_fixed_embeddings_matches_the_paper_and_stops_at_the_target(
+    method_and_state, monkeypatch):
+  """Eq. (2) symmetrised: mean over images of ||q1 - z2'||^2 + ||q2 - z1'||^2 (unit vectors);
+  no gradient reaches the target's projections, the predictions get the analytic one."""
+  method, params, batch_stats, state, _ = method_and_state
+  rng = np.random.default_rng(7)
+  q1, q2, z1, z2, p = (rng.normal(size=(BATCH, 16)) * s for s in (1, 2, 3, 0.5, 1))
+  embeddings = {"p": (jnp.asarray(p), jnp.asarray(p))}
+  batch = _fixed_networks(monkeypatch, method, embeddings)
+
+  def loss_of(q1, q2, z1, z2):
+    embeddings.update(q=(q1, q2), z=(z1, z2))
+    return method.loss(params, batch_stats, state, batch, step_rngs(jax.random.PRNGKey(0)), 0)[0]
+
+  args = [jnp.asarray(v, jnp.float32) for v in (q1, q2, z1, z2)]
+  expected = np.mean(_np_regression(q1, z2) + _np_regression(q2, z1))
+  np.testing.assert_allclose(float(loss_of(*args)), expected, rtol=1e-5)
+  g_q1, g_q2, g_z1, g_z2 = jax.grad(loss_of, argnums=(0, 1, 2, 3))(*args)
+  assert not np.any(np.asarray(g_z1)) and not np.any(np.asarray(g_z2))
+
+  def np_grad(q, z):  # d/dq of mean_b (2 - 2 q^.z^): -(2/B) (z^ - (q^.z^) q^) / |q|
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+    cos = np.sum(qn * zn, axis=1, keepdims=True)
+    return -2.0 / len(q) * (zn - cos * qn) / np.linalg.norm(q, axis=1, keepdims=True)
+  np.testing.assert_allclose(g_q1, np_grad(q1, z2), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(g_q2, np_grad(q2, z1), rtol=1e-4, atol=1e-6)
 
 
 def test_no_gradient_reaches_the_target(method_and_state):

@@ -13,7 +13,8 @@ from conftest import main_config, run_main as _main
 def test_truncated_newest_checkpoint_is_named_and_the_previous_one_can_be_taken(tmp_path,
                                                                                 tfds_dir, caplog):
   workdir = str(tmp_path / "run")
-  flags = ["--config.cpu_devices=2", "--config.eval.knn=False", "--config.eval.linear=False"]
+  flags = ["--config.cpu_devices=2", "--config.eval.knn=False", "--config.eval.linear=False",
+           "--config.resume_changes=train_steps"]  # the reruns train longer
   # The runs before and after the failure in this process; the failure through main.py.
   pretrain.run(main_config(tfds_dir, "--config.train_steps=4", *flags), workdir)
   ckpts = os.path.join(workdir, "checkpoints")

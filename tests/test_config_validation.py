@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from sslx import models
 from sslx.config import validation as config_validation
 from sslx import errors
 from sslx import methods
@@ -25,7 +26,7 @@ SHIPPED = ([(m, p) for m in METHODS for p in ("mnist5k", "cifar10", "cifar100", 
 @pytest.mark.parametrize("method, preset", SHIPPED)
 def test_every_shipped_config_is_valid(method, preset):
   config = importlib.import_module(f"configs.{method}").get_config(preset)
-  found = (config_validation.problems(config)
+  found = (config_validation.problems(config) + models.config_problems(config)
            + methods.get_method_class(config).config_problems(config))
   assert not found
 
@@ -100,9 +101,9 @@ def test_image_size_at_the_stride_is_accepted():
   config = tiny_config()
   config.model.stem = "imagenet"
   config.data.image_size = 32
-  assert not config_validation.model_problems(config)
+  assert not models.config_problems(config)
   config.data.image_size = 31
-  assert config_validation.model_problems(config)
+  assert models.config_problems(config)
 
 
 @pytest.mark.parametrize("flag, line", [

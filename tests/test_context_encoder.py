@@ -53,7 +53,7 @@ def test_the_loss_ignores_pixels_outside_the_mask():
 def _preset_mask(config, rngs):
   """The [4, 16, 16, 1] masks the mnist5k preset draws in a step: a square at a random place."""
   assert config.context_encoder.mask == "random_block"  # the mnist5k preset's
-  mask = ce.make_masks(rngs.augment, 4, 16, "random_block", 0.25, 4)
+  mask = ce.make_masks(rngs.method("context_encoder/masks"), 4, 16, "random_block", 0.25, 4)
   assert len({np.asarray(m).tobytes() for m in mask}) > 1  # a square placed per image
   return mask
 

@@ -1,7 +1,7 @@
 """How main.py sets up a CPU host before JAX starts, and the initialisers' fast compilation.
 
-config.cpu_devices becomes an XLA flag (read once, when the backend starts),
-so these tests check the flag, not the devices of this process.
+config.cpu_devices becomes JAX's `jax_num_cpu_devices` (read once, when the backend
+starts), so these tests check the count main.py sets, not the devices of this process.
 """
 
 import json
@@ -18,13 +18,16 @@ import pytest
 from sslx.config import defaults
 from sslx.core import compile_once
 from sslx.core import mesh
+from conftest import REPO
 
 
-def _flags_after_split(monkeypatch, config, cores=2):
+def _count(monkeypatch, config, cores=2, env=None):
+  monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
   monkeypatch.setenv("XLA_FLAGS", "")
+  for name, value in (env or {}).items():
+    monkeypatch.setenv(name, value)
   monkeypatch.setattr(os, "cpu_count", lambda: cores)
-  mesh.split_cpu_into_devices(config)
-  return os.environ["XLA_FLAGS"]
+  return mesh.cpu_device_count(config)
 
 
 def test_the_default_keeps_one_device():
@@ -34,23 +37,32 @@ def test_the_default_keeps_one_device():
 
 
 @pytest.mark.parametrize("count", [1, 3])
-def test_an_explicit_count_is_the_flag(monkeypatch, count):
-  flags = _flags_after_split(monkeypatch, {"cpu_devices": count, "batch_size": 64})
-  assert flags == f"--xla_force_host_platform_device_count={count}"
+def test_an_explicit_count_is_the_count(monkeypatch, count):
+  assert _count(monkeypatch, {"cpu_devices": count, "batch_size": 64}) == count
 
 
 def test_zero_takes_the_most_cores_that_divide_both_batch_sizes(monkeypatch):
   config = ml_collections.ConfigDict(
       {"cpu_devices": 0, "batch_size": 96, "eval": {"batch_size": 64}})
-  assert _flags_after_split(monkeypatch, config, cores=8).endswith("device_count=8")
+  assert _count(monkeypatch, config, cores=8) == 8
   config.eval.batch_size = 20  # of 1..8, 4 is the largest that divides 96 and 20
-  assert _flags_after_split(monkeypatch, config, cores=8).endswith("device_count=4")
+  assert _count(monkeypatch, config, cores=8) == 4
 
 
-def test_a_device_count_in_the_users_xla_flags_wins(monkeypatch):
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=5")
-  mesh.split_cpu_into_devices({"cpu_devices": 1, "batch_size": 64})
-  assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=5"
+@pytest.mark.parametrize("env", [{"JAX_NUM_CPU_DEVICES": "5"},
+                                 {"XLA_FLAGS": "--xla_force_host_platform_device_count=5"}])
+def test_a_device_count_the_user_set_wins(monkeypatch, env):
+  assert _count(monkeypatch, {"cpu_devices": 1, "batch_size": 64}, env=env) is None
+
+
+def test_main_py_gives_jax_the_count_before_its_backend_starts():
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS")}
+  code = ("from sslx.core import mesh; import jax; "
+          "mesh.split_cpu_into_devices({'cpu_devices': 3, 'batch_size': 6}); "
+          "print(len(jax.devices()))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(env, JAX_PLATFORMS="cpu"),
+                       capture_output=True, text=True, timeout=300)
+  assert out.stdout.strip() == "3", out.stderr[-2000:]
 
 
 def _init(key):
@@ -74,24 +86,18 @@ def test_unoptimised_initialisers_give_the_same_values_to_float32_rounding():
                          np.asarray(fast["w"]))
 
 
-def test_one_compilation_per_argument_shape(monkeypatch):
-  lowered = []
-  real_jit = jax.jit
+def test_one_compilation_per_argument_shape():
+  traces = []
 
-  class Counting:
-    def __init__(self, fn, **kwargs):
-      self.jitted = real_jit(fn, **kwargs)
+  def double(x):
+    traces.append(x.shape)  # runs when jax traces, once per new argument shape
+    return x * 2
 
-    def lower(self, *args):
-      lowered.append(args)
-      return self.jitted.lower(*args)
-
-  monkeypatch.setattr(compile_once.jax, "jit", Counting)
-  double = compile_once.jit(lambda x: x * 2)
+  jitted = compile_once.jit(double)
   for value in (1.0, 2.0, 3.0):
-    assert float(double(jnp.full((3,), value))[0]) == 2 * value
-  double(jnp.zeros((4,)))
-  assert len(lowered) == 2  # shapes (3,) and (4,)
+    assert float(jitted(jnp.full((3,), value))[0]) == 2 * value
+  jitted(jnp.zeros((4,)))
+  assert traces == [(3,), (4,)]
 
 
 _CACHE_PROBE = """

@@ -1,6 +1,8 @@
 """Tests of sslx.data: registry, embedded mnist5k and the tf.data pipelines."""
 
 import os
+import subprocess
+import sys
 import pathlib
 
 import numpy as np
@@ -13,6 +15,7 @@ from sslx.config import defaults as config_defaults
 from sslx import data
 from sslx.data import datasets
 from sslx.data import mnist5k
+from sslx.data import subsets
 from sslx.data import views as views_lib
 from sslx.errors import ConfigError, DatasetNotAvailableError
 
@@ -82,8 +85,25 @@ def _write_npz(path, **arrays):
   return f"npz:{path}"
 
 
-def test_tensorflow_sees_no_gpu():
-  assert tf.config.get_visible_devices("GPU") == []
+def test_the_input_pipeline_hides_every_gpu_from_tensorflow():
+  # This host has no GPU to see, so check what sslx asks of TensorFlow: in a fresh process,
+  # importing the pipeline asks it to see no GPU, and TensorFlow accepts (it would refuse,
+  # and sslx warn, had its devices been initialised already).
+  code = """
+import tensorflow as tf
+calls = []
+original = tf.config.set_visible_devices
+def record(devices, device_type=None):
+  calls.append((list(devices), device_type))
+  return original(devices, device_type)
+tf.config.set_visible_devices = record
+import sslx.data.input_pipeline
+print(calls, tf.config.get_visible_devices("GPU"))
+"""
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.stdout.strip() == "[([], 'GPU')] []", out.stderr[-2000:]
+  assert "Could not hide GPUs" not in out.stderr
 
 
 def test_mnist5k_info_and_stratified_split(mnist_dir, mnist_digits):
@@ -121,14 +141,68 @@ def test_mnist5k_eval_returns_real_test_digits_in_order(mnist_dir,
   np.testing.assert_array_equal(_valid(batches, "label"), y[idx["test"]])
 
 
-def test_eval_max_examples(mnist_dir, mnist_digits):
+def test_eval_reads_a_prefix_of_the_split(mnist_dir, mnist_digits):
   x, _, idx = mnist_digits
   dc = _configs("mnist5k", data_dir=mnist_dir)[0]
-  batches = _eval_all(dc, "train", 8, max_examples=10)
+  prefix = np.arange(10)
+  batches = _eval_all(dc, "train", 8, indices=prefix)
   assert len(batches) == 2 and data.num_eval_batches(
-      dc, "train", batch_size=8, process_count=1, max_examples=10) == 2
+      dc, "train", batch_size=8, process_count=1, indices=prefix) == 2
   np.testing.assert_array_equal(_valid(batches)[..., 0],
                                 x[idx["train"][:10]][..., 0])
+
+
+def _class_sorted_sources(tmp_path, classes=4, per_class=5):
+  """A folder and an npz whose train examples are stored class by class (20 images)."""
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (classes * per_class, 8, 8, 3), np.uint8)
+  y = np.repeat(np.arange(classes), per_class).astype(np.int32)
+  npz = tmp_path / "sorted.npz"
+  np.savez(npz, x_train=x, y_train=y, x_test=x[:4], y_test=y[:4])
+  for i, (image, label) in enumerate(zip(x, y)):
+    for split in ("train",) + (("test",) if i < 4 else ()):
+      path = tmp_path / "folder" / split / f"c{label}" / f"{i:03d}.png"
+      path.parent.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(image).save(path)
+  return [f"npz:{npz}", f"folder:{tmp_path / 'folder'}"]
+
+
+def test_a_subset_of_a_class_sorted_split_keeps_every_class(tmp_path):
+  for name in _class_sorted_sources(tmp_path):
+    dc = _configs(name, image_size=8)[0]
+    chosen = subsets.sample_indices(dc, "train", 10, seed=0)
+    labels = subsets.read_labels(dc, "train")[chosen]
+    # The first 10 stored examples are classes 0 and 1 only; the sample has 10 of 4 classes,
+    # each in proportion (5 of 20 each: 2 or 3 of them).
+    assert len(chosen) == 10 and sorted(np.bincount(labels, minlength=4)) == [2, 2, 3, 3], name
+    assert np.array_equal(chosen, subsets.sample_indices(dc, "train", 10, seed=0))  # fixed
+    assert not np.array_equal(chosen, subsets.sample_indices(dc, "train", 10, seed=1))
+    assert subsets.sample_indices(dc, "train", 20, seed=0) is None  # the whole split
+    # What an evaluation with eval.max_train_examples=10 reads: the same sample.
+    got = _valid(_eval_all(dc, "train", 4, indices=chosen), "label")
+    np.testing.assert_array_equal(got, labels)
+
+
+def test_proportional_subset_keeps_each_classes_share():
+  labels = np.repeat(np.arange(5), [100, 50, 200, 7, 1])
+  chosen = subsets.proportional_subset(labels, 72, seed=3)
+  counts = np.bincount(labels[chosen], minlength=5)
+  # 72/358 of each class: 20.1, 10.1, 40.2, 1.4, 0.2 -> floors 20, 10, 40, 1, 0 plus the
+  # largest remainder (class 3's 0.41).
+  np.testing.assert_array_equal(counts, [20, 10, 40, 2, 0])
+  assert np.all(np.diff(chosen) > 0)
+  unlabelled = subsets.proportional_subset(-np.ones(30, int), 7, seed=0)
+  assert len(unlabelled) == 7 and len(set(unlabelled)) == 7
+
+
+def test_a_tfds_split_stored_in_random_order_is_sampled_by_its_prefix(tmp_path):
+  dc = _configs("cifar10", image_size=32, data_dir=str(tmp_path))[0]
+  with tfds.testing.mock_data(num_examples=50, policy=tfds.testing.MockPolicy.USE_CODE):
+    assert datasets.stored_in_random_order(dc)
+    np.testing.assert_array_equal(subsets.sample_indices(dc, "train", 12, seed=0),
+                                  np.arange(12))
+  # (Reading a prefix of a TFDS split is test_eval_reads_a_prefix_of_the_split's, on mnist5k:
+  # the mock ignores split slicing.)
 
 
 def test_pretrain_batch_shapes_and_views(mnist_dir):
@@ -191,14 +265,14 @@ def test_process_sharding(mnist_dir):
   shards = []
   for p in range(2):
     it = data.make_eval_iterator(dc, "test", batch_size=100, process_index=p,
-                                 process_count=2, max_examples=999)
+                                 process_count=2, indices=np.arange(999))
     batches = list(it)
     assert len(batches) == len(it) == 5  # same count on both processes
     shards.append(_valid(batches))
   assert sorted(len(s) for s in shards) == [499, 500]
   keys = [{im.tobytes() for im in s} for s in shards]
   assert not keys[0] & keys[1]
-  every = _valid(_eval_all(dc, "test", 1000, max_examples=999))
+  every = _valid(_eval_all(dc, "test", 1000, indices=np.arange(999)))
   assert keys[0] | keys[1] == {im.tobytes() for im in every}
   b0 = next(_pretrain(dc, views, 64, process_index=0, process_count=2))
   b1 = next(_pretrain(dc, views, 64, process_index=1, process_count=2))
@@ -485,7 +559,7 @@ def test_shared_cifar10_5k_npz():
   assert b["images"].shape == (64, 2, 32, 32, 3)
   with np.load(_SHARED_CIFAR) as f:
     x_test, y_test = f["x_test"][:100], f["y_test"][:100]
-  batches = _eval_all(dc, "test", 100, max_examples=100)
+  batches = _eval_all(dc, "test", 100, indices=np.arange(100))
   np.testing.assert_array_equal(_valid(batches), x_test)
   np.testing.assert_array_equal(_valid(batches, "label"), y_test)
 

@@ -12,6 +12,7 @@ from sslx import errors
 from sslx import models
 from sslx.config import validation
 from sslx.data import augment
+from sslx.data.info import Preprocessing
 from sslx.evaluation import features
 from sslx.jobs import finetune
 
@@ -58,18 +59,19 @@ def tiny_encoder():
 def test_embed_fn_reads_the_named_map_grid_pooled(tiny_encoder):
   encoder, variables, images = tiny_encoder
   mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+  prep = Preprocessing(image_size=20, mean=mean, std=std)
   out = encoder.apply(variables, augment.normalize(augment.to_float01(images), mean, std,
                                                    "float32"), train=False)
   stage3 = np.asarray(out.feature_maps["stage3"])
   assert stage3.shape[1:3] == (5, 5)  # 20 px through two strided stages
-  got = features.make_embed_fn(encoder, mean, std, layer="stage3", grid=2)(variables, images)
+  got = features.make_embed_fn(encoder, prep, layer="stage3", grid=2)(variables, images)
   np.testing.assert_allclose(np.asarray(got),
                              _numpy_adaptive_average(stage3, 2).reshape(4, -1), rtol=1e-5,
                              atol=1e-6)
-  pooled = features.make_embed_fn(encoder, mean, std)(variables, images)
+  pooled = features.make_embed_fn(encoder, prep)(variables, images)
   np.testing.assert_allclose(np.asarray(pooled), np.asarray(out.pooled), rtol=1e-5, atol=1e-6)
   # The last map pooled over one cell is the pooled representation.
-  last = features.make_embed_fn(encoder, mean, std, layer="stage4", grid=1)(variables, images)
+  last = features.make_embed_fn(encoder, prep, layer="stage4", grid=1)(variables, images)
   np.testing.assert_allclose(np.asarray(last), np.asarray(pooled), rtol=1e-5, atol=1e-6)
 
 
@@ -87,9 +89,9 @@ def test_feature_layer_problems_name_what_is_valid():
 
 def test_pretraining_config_checks_the_layer_against_its_backbone():
   config = byol_config.get_config()
-  assert not [p for p in validation.problems(config) if "feature" in p]
+  assert not [p for p in models.config_problems(config) if "feature" in p]
   config.eval.feature_layer = "stage_3"
-  (problem,) = [p for p in validation.problems(config) if "feature_layer" in p]
+  (problem,) = [p for p in models.config_problems(config) if "feature_layer" in p]
   assert "'stage_3'" in problem and "stage3" in problem
 
 

@@ -8,6 +8,7 @@ import optax
 from PIL import Image
 import pytest
 
+from sslx import data
 from sslx.core import optim
 from sslx.core import progress
 from sslx.evaluation import few_label
@@ -121,6 +122,30 @@ def test_few_label_table_lines_up_encoders_and_the_scratch_baseline():
   assert lines[3].split()[-4:] == ["25.0%", "60.0%", "(5", "draws)"]
   assert lines[4].startswith("  from scratch") and lines[4].split()[-4:] == [
       "20.0%", "80.0%", "(1", "draw)"]
+  # A baseline whose every draw diverged prints no number.
+  results["scratch"]["few_label_scratch"][1] = {"top1": float("nan"), "draws": 0,
+                                                "diverged": ["draw 0: Non-finite loss at step 2"]}
+  lines = pretrain.few_label_table(config, info, results).splitlines()
+  assert lines[4].split()[-4:] == ["diverged", "80.0%", "(1", "draw)"]
+
+
+def test_a_diverged_from_scratch_draw_is_named_not_averaged(tmp_path):
+  from sslx.core import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  from sslx.data.info import Preprocessing  # pylint: disable=import-outside-toplevel
+  from sslx.evaluation import few_label  # pylint: disable=import-outside-toplevel
+  from sslx import models  # pylint: disable=import-outside-toplevel
+  config = tiny_config()
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.eval.scratch.update(steps=3, batch_size=16, base_learning_rate=1e38)  # overflows
+  info = data.get_dataset_info(config.data)
+  scratch = few_label.ScratchTrainer(
+      models.get_backbone(config.model), info=info,
+      preprocessing=Preprocessing(image_size=16, mean=info.mean, std=info.std),
+      data_config=config.data, mesh=mesh_lib.create_mesh(1), config=config.eval.scratch,
+      nonfinite=config.nonfinite)
+  result = scratch.evaluate([np.arange(0, 4000, 400)], seed=0, eval_batch_size=500)
+  assert result["draws"] == 0 and result["diverged"][0].startswith("draw 0: Non-finite")
+  assert few_label.cell(result).strip() == "diverged"
 
 
 def test_metrics_log_keeps_one_run_across_resumes(tmp_path):

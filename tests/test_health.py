@@ -14,7 +14,9 @@ from sslx.core import health
 from sslx.core import mesh as mesh_lib
 from sslx.jobs import pretrain
 from sslx.methods import byol
-from conftest import INFO, synthetic_batch, tiny_config
+from sslx import errors
+from sslx.core import progress as progress_lib
+from conftest import INFO, preempt_after, synthetic_batch, tiny_config
 
 
 def rankme_reference(z, eps=1e-7):
@@ -112,12 +114,23 @@ def test_skip_mode_drops_exactly_the_bad_update_and_counts_it(monkeypatch):
   after = jax.device_get(state)
   assert bool(m0["finite"]) and not bool(m1["finite"]) and np.isfinite(float(m1["loss"]))
   assert int(after.step) == 2 and int(after.skipped_updates) == 1
-  for part in ("params", "batch_stats", "opt_state", "method_state"):
+  for part in ("params", "batch_stats", "method_state"):
     chex.assert_trees_all_equal(getattr(after, part), getattr(before, part))
+  # The optimizer's moments are those of before the bad step; its step counters advanced with
+  # the step, so its learning rate is the logged one (a function of the step).
+  counters = lambda opt: {k: v for k, v in _leaves(opt).items() if k.endswith(".count")}
+  moments = lambda opt: {k: v for k, v in _leaves(opt).items() if not k.endswith(".count")}
+  chex.assert_trees_all_equal(moments(after.opt_state), moments(before.opt_state))
+  assert counters(after.opt_state) and all(int(c) == 2 for c in counters(after.opt_state).values())
   state, m2 = trainer.train_step(state, mesh_lib.to_global(synthetic_batch(config, 2), mesh))
   assert bool(m2["finite"]) and int(m2["skipped_updates"]) == 1
+  assert all(int(c) == 3 for c in counters(jax.device_get(state.opt_state)).values())
   assert not np.allclose(jax.device_get(state.params["model"]["encoder"]["stem_conv"]["kernel"]),
                          after.params["model"]["encoder"]["stem_conv"]["kernel"])
+
+
+def _leaves(tree) -> dict:
+  return {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree.leaves_with_path(tree)}
 
 
 def _run_config(tmp_path, **overrides):
@@ -143,6 +156,25 @@ def test_nonfinite_gradient_stops_naming_step_and_quantity_and_keeps_the_last_go
   assert ckpt.manager.all_steps() == [2]
   saved, _ = checkpointing.load_all(workdir)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved))
+
+
+@pytest.mark.slow
+def test_a_run_resumed_after_a_skipped_update_continues_as_the_straight_run(tmp_path, monkeypatch):
+  monkeypatch.setattr(byol.Method, "loss", poison("grad", at_update=1))  # update 2 is skipped
+  config = _run_config(tmp_path)
+  config.train_steps = 4
+  config.nonfinite.action = "skip"
+  straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
+  pretrain.run(config, straight)
+  with monkeypatch.context() as m:
+    preempt_after(m, progress_lib.Progress, 1)  # stops after step 2, the skipped one
+    with pytest.raises(errors.Preempted, match="after step 2;"):
+      pretrain.run(config, interrupted)
+  pretrain.run(config, interrupted)
+  expected, _ = checkpointing.load_all(straight)
+  resumed, step = checkpointing.load_all(interrupted)
+  assert step == 4 and int(resumed["train"]["skipped_updates"]) == 1
+  chex.assert_trees_all_equal(resumed, expected)
 
 
 def test_skip_watch_logs_each_skip_once_and_stops_past_max_skipped():

@@ -17,7 +17,7 @@ from sslx import errors
 from sslx.jobs import compare as compare_job
 from sslx.jobs import knn_eval
 from sslx.jobs import pretrain
-from conftest import REPO, main_config, run_main as _main, tiny_config
+from conftest import REPO, main_config, run_main as _main, subprocess_env, tiny_config
 
 @pytest.mark.slow
 def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir, caplog):
@@ -76,7 +76,7 @@ def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir, caplo
   reader = subprocess.run(
       [sys.executable, "-c", "from sslx.core import checkpointing; "
        f"print(checkpointing.load_encoder({workdir!r})[2])"],
-      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""),
+      cwd=REPO, env=dict(subprocess_env(), XLA_FLAGS=""),
       capture_output=True, text=True, timeout=300)
   assert reader.returncode == 0, reader.stderr[-2000:]
   assert reader.stdout.strip() == "4"
@@ -84,7 +84,8 @@ def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir, caplo
   # Resumed in this process, on 1 device (main.py's default) where the first run had 2.
   caplog.set_level(logging.INFO)
   pretrain.run(main_config(tfds_dir, "--config.train_steps=6", "--config.eval.knn=False",
-                           "--config.eval.linear=False"), workdir)
+                           "--config.eval.linear=False", "--config.resume_changes=train_steps"),
+               workdir)
   assert f"Resuming from {ckpt_dir}/4" in caplog.text
   assert "step 6/6" in caplog.text and "step 2/6" not in caplog.text
   assert json.load(open(os.path.join(workdir, "pretrain_results.json")))["step"] == 6
@@ -108,6 +109,35 @@ def _tensorboard_scalars(workdir, tag):
           if value.tag == tag:
             values[event.step] = float(tf.make_ndarray(value.tensor))
   return values
+
+
+@pytest.mark.slow
+def test_periodic_evaluation_logs_the_encoder_of_that_step(tmp_path, tfds_dir):
+  """eval.every_steps: the kNN of step 2's encoder, logged at step 2 (not the last step's or
+  the initial one's), as an evaluation of checkpoint 2 computes it."""
+  from sslx.core import checkpointing as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from sslx.core import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from sslx.data.info import Preprocessing  # pylint: disable=g-import-not-at-top
+  from sslx.evaluation import frozen  # pylint: disable=g-import-not-at-top
+  from sslx import models  # pylint: disable=g-import-not-at-top
+  from sslx.jobs import pretrain  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  # (On a class-balanced sample of 500 train digits: eval.max_train_examples.)
+  config = main_config(tfds_dir, "--config.train_steps=4", "--config.eval.every_steps=2",
+                       "--config.eval.linear=False", "--config.eval.few_labels=()",
+                       "--config.eval.compare_random_init=False", "--config.plots.enabled=False",
+                       "--config.eval.max_train_examples=500", "--config.cpu_devices=1")
+  pretrain.run(config, workdir)
+  logged = _tensorboard_scalars(workdir, "eval/knn_pretrained_top1")
+  assert set(logged) == {2, 4}  # the periodic one, then the final one
+  saved = ckpt_lib.read_encoder(workdir, 2)
+  evaluator = frozen.Evaluator(models.create_encoder(config.model),
+                               Preprocessing.from_dict(saved.record["preprocessing"]),
+                               config.data, mesh_lib.create_mesh(1), np.float32, config.eval, 10)
+  at_2 = evaluator.evaluate({"step 2": saved.variables}, seed=config.seed)["step 2"]
+  assert logged[2] == pytest.approx(at_2["knn"]["top1"], abs=1e-6)
+  assert logged[2] != logged[4] or at_2 == evaluator.evaluate(
+      {"step 4": ckpt_lib.read_encoder(workdir, 4).variables}, seed=config.seed)["step 4"]
 
 
 METHOD_FLAGS = {

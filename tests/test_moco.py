@@ -97,16 +97,76 @@ def test_queue_after_three_steps_holds_the_newest_keys_in_fifo_order():
   assert int(state["queue_pointer"]) == BATCH
 
 
-def test_v2_loss_uses_the_queue_before_this_steps_keys():
-  method = moco.Method(tiny_config())
-  v1, v2 = (jax.random.normal(jax.random.PRNGKey(i), (BATCH, 16, 16, 3)) for i in range(2))
-  params, batch_stats, state = jax.jit(method.init)(jax.random.PRNGKey(0), v1)
-  loss, _ = jax.jit(method.loss)(params, batch_stats, state, _batch(v1, v2), step_rngs(jax.random.PRNGKey(1)), 0)
-  heads = [("projector", method.projector)]
-  (_, q), _ = method._forward(heads, params, batch_stats, v1)
-  (_, k), _ = method._forward(heads, state["key_params"], state["key_batch_stats"], v2)
-  expected = np_infonce(np.asarray(q), np.asarray(k), np.asarray(state["queue"]), 0.2)
-  np.testing.assert_allclose(loss, expected, rtol=1e-4)
+def _fixed_networks(monkeypatch, method, embeddings):
+  """Query and key networks replaced by fixed embeddings per view (view i is filled with i).
+
+  With bn_groups > 1 the key passes are the shuffled ones (a permutation is given).
+  `embeddings` maps 'q', 'p' (v3's predictions) and 'k' to pairs (view 1, view 2), read at
+  call time (they may be traced).
+  """
+  def pick(name, x):
+    first, second = embeddings[name]
+    return jnp.where(x[0, 0, 0, 0] == 1.0, first, second)
+
+  def forward(networks, params, batch_stats, x, permutation=None, rngs=None):
+    del params, rngs
+    if permutation is not None:  # a key pass
+      return [pick("k", x)[:, :4], pick("k", x)], batch_stats
+    outs = [pick("q", x)[:, :4], pick("q", x)]
+    if len(networks) == 2:  # v3's predictor
+      outs.append(pick("p", x))
+    return outs, batch_stats
+  monkeypatch.setattr(method, "_forward", forward)
+  return _batch(jnp.ones((BATCH, 16, 16, 3)), jnp.full((BATCH, 16, 16, 3), 2.0))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_v2_loss_and_queue_from_fixed_embeddings_match_the_paper(monkeypatch, symmetric):
+  """Eq. (1) against the queue as it was before this step (symmetric: both views as queries,
+  averaged); then the step's keys, normalised, replace the oldest queue rows; no gradient
+  reaches the keys."""
+  method = moco.Method(tiny_config(bn_groups=2, symmetric=symmetric))
+  params, batch_stats, state = jax.jit(method.init)(jax.random.PRNGKey(0),
+                                                    jnp.zeros((BATCH, 16, 16, 3)))
+  rng = np.random.default_rng(3)
+  q1, q2, k1, k2 = (rng.normal(size=(BATCH, 16)) for _ in range(4))
+  embeddings = {}
+  batch = _fixed_networks(monkeypatch, method, embeddings)
+
+  def loss_of(q1, q2, k1, k2):
+    embeddings.update(q=(q1, q2), k=(k1, k2))
+    loss, out = method.loss(params, batch_stats, state, batch, step_rngs(jax.random.PRNGKey(1)), 0)
+    return loss, out.method_state
+
+  args = [jnp.asarray(v, jnp.float32) for v in (q1, q2, k1, k2)]
+  loss, new_state = loss_of(*args)
+  queue = np.asarray(state["queue"])
+  expected = np_infonce(q1, k2, queue, 0.2)
+  if symmetric:
+    expected = (expected + np_infonce(q2, k1, queue, 0.2)) / 2
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+  new_keys = np.concatenate([k2, k1]) if symmetric else k2
+  np.testing.assert_allclose(new_state["queue"][:len(new_keys)], _unit(new_keys), rtol=1e-5)
+  np.testing.assert_array_equal(new_state["queue"][len(new_keys):], queue[len(new_keys):])
+  assert int(new_state["queue_pointer"]) == len(new_keys) % len(queue)
+  grads = jax.grad(lambda *a: loss_of(*a)[0], argnums=(0, 1, 2, 3))(*args)
+  assert not np.any(np.asarray(grads[2])) and not np.any(np.asarray(grads[3]))  # keys
+  assert np.any(np.asarray(grads[0])) and (np.any(np.asarray(grads[1])) == symmetric)
+
+
+def test_v3_loss_from_fixed_embeddings_matches_algorithm_1(monkeypatch):
+  method = moco.Method(tiny_config("v3", bn_groups=2))
+  params, batch_stats, state = jax.jit(method.init)(jax.random.PRNGKey(0),
+                                                    jnp.zeros((BATCH, 16, 16, 3)))
+  rng = np.random.default_rng(4)
+  q1, q2, p1, p2, k1, k2 = (rng.normal(size=(BATCH, 16)) for _ in range(6))
+  embeddings = {"q": (jnp.asarray(q1), jnp.asarray(q2)), "p": (jnp.asarray(p1), jnp.asarray(p2)),
+                "k": (jnp.asarray(k1), jnp.asarray(k2))}
+  batch = _fixed_networks(monkeypatch, method, embeddings)
+  loss, _ = method.loss(params, batch_stats, state, batch, step_rngs(jax.random.PRNGKey(1)), 0)
+  # The predictions (not the projections) are the queries; the keys are the other view's.
+  np.testing.assert_allclose(float(loss), np_v3_loss(p1, p2, k1, k2, method.config.moco.temperature),
+                             rtol=1e-5)
 
 
 @pytest.mark.parametrize("version", ["v2", "v3"])
@@ -151,7 +211,7 @@ def test_grouped_apply_normalises_each_shuffled_group_and_restores_order():
   rng = np.random.default_rng(3)
   x = rng.normal(size=(12, 3))
   perm = rng.permutation(12)
-  apply = lambda xg: (xg - xg.mean(0), {"mean": xg.mean(0)})
+  apply = lambda xg, rngs: (xg - xg.mean(0), {"mean": xg.mean(0)})
   out, stats = moco.grouped_apply(apply, jnp.asarray(x), 3, jnp.asarray(perm))
   expected = np.zeros_like(x)
   for g in range(3):

@@ -25,7 +25,7 @@ def _start(out, num_processes, process_id, port, local_devices):
   cmd = [sys.executable, os.path.join(HERE, "multihost_worker.py"),
          f"--num_processes={num_processes}", f"--process_id={process_id}", f"--port={port}",
          f"--local_devices={local_devices}", f"--out={out}", f"--methods={','.join(METHODS)}"]
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
   env["JAX_PLATFORMS"] = "cpu"
   return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)

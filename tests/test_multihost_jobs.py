@@ -10,8 +10,9 @@ on a GPU cluster, and checks what the README promises of multi-host runs:
 - SIGTERM to one process stops every process after the same step, with one
   checkpoint and exit code 75, and a rerun resumes;
 - a process killed with SIGKILL makes the other exit, within seconds, with a
-  one-paragraph error (no traceback) and exit code 75, and the newest
-  checkpoint still restores in full;
+  one-paragraph error (no traceback) and exit code 75, the newest checkpoint
+  still restores in full, and both processes rerun resume from it and save
+  again;
 - an evaluator job run by 2 processes writes one eval_results.json with the
   1-process result.
 """
@@ -100,13 +101,17 @@ def test_sigterm_to_one_process_stops_all_after_the_same_step(tmp_path, tfds_dir
   assert len(steps) == 1  # the same step on both
   (stopped,) = steps
   assert _checkpoints(workdir)[-1] == stopped
-  # One process resumes the two processes' checkpoint.
+  # One process resumes the two processes' checkpoint only when told that the (TFDS) data's
+  # per-process order may change, and the schedule's length with it.
   codes, outputs = _run(workdir, tfds_dir, 1, f"--config.train_steps={stopped + 2}")
+  assert codes == [2] and "the process count: 2 there, 1 here" in outputs[0]
+  codes, outputs = _run(workdir, tfds_dir, 1, f"--config.train_steps={stopped + 2}",
+                        "--config.resume_changes=process_count,train_steps")
   assert codes == [0], outputs[0][-3000:]
   assert _resumed(outputs[0], stopped) and _results(workdir)["step"] == stopped + 2
 
 
-def test_a_killed_process_ends_the_other_with_a_clear_error(tmp_path, tfds_dir):
+def test_a_killed_process_ends_the_other_with_a_clear_error_and_both_resume(tmp_path, tfds_dir):
   workdir = str(tmp_path / "run")
   procs = _launch(workdir, tfds_dir, 2, "--config.train_steps=1000")
   _wait_for_checkpoint(workdir, 4, procs)
@@ -119,9 +124,18 @@ def test_a_killed_process_ends_the_other_with_a_clear_error(tmp_path, tfds_dir):
   assert "Traceback" not in outputs[0]
   newest = _checkpoints(workdir)[-1]
   assert newest >= 4
-  # What a rerun restores first (the SIGTERM test reruns one): every array of the newest step.
-  arrays, step = checkpointing.load_all(workdir)
+  arrays, step = checkpointing.load_all(workdir)  # the newest step restores in full
   assert step == newest and int(arrays["train"]["step"]) == newest
+  # Both processes rerun: each resumes from that step and saves again, with one line of
+  # output per process about it and no traceback (experiments/multiprocess_checkpoints.py
+  # repeats save, kill, resume, save 20 times in a row).
+  codes, outputs = _run(workdir, tfds_dir, 2, f"--config.train_steps={newest + 2}",
+                        "--config.resume_changes=train_steps")
+  assert codes == [0, 0], "".join(out[-3000:] for out in outputs)
+  assert all(_resumed(out, newest) for out in outputs)
+  assert "Traceback" not in "".join(outputs)
+  arrays, step = checkpointing.load_all(workdir)
+  assert step == newest + 2 and int(arrays["train"]["step"]) == newest + 2
 
 
 @pytest.mark.parametrize("job", ["knn_eval", "linear_eval"])
@@ -164,6 +178,7 @@ def test_a_checkpoint_of_one_process_resumes_in_two_and_gives_the_run_of_one(tmp
   finals = {}
   for n, workdir in ((1, one), (2, two)):
     codes, outputs = _run(workdir, tfds_dir, n, *flags, "--config.train_steps=8",
+                          "--config.resume_changes=train_steps",
                           f"--config.cpu_devices={3 - n}", tiny=tiny)
     assert codes == [0] * n, "".join(out[-3000:] for out in outputs)
     assert all(_resumed(out, 4) for out in outputs)

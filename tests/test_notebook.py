@@ -40,9 +40,7 @@ def test_colab_notebook_runs_on_cpu_and_reports_the_runs_own_numbers(tmp_path, t
   monkeypatch.setenv("SSLX_NB_WORKDIR", workdir)
   monkeypatch.setenv("SSLX_NB_OVERRIDES", json.dumps(overrides))
   # Let the notebook split the host into devices itself, as on a fresh runtime.
-  monkeypatch.setenv("XLA_FLAGS", " ".join(
-      f for f in os.environ.get("XLA_FLAGS", "").split()
-      if not f.startswith("--xla_force_host_platform_device_count")))
+  monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
   nb = nbformat.read(NOTEBOOK, as_version=4)
   nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                           resources={"metadata": {"path": str(tmp_path)}}).execute()

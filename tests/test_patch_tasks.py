@@ -68,7 +68,7 @@ def test_relative_patch_loss_is_the_cross_entropy_of_the_pair_classifier():
   params, bs, state = method.init(jax.random.PRNGKey(0), view)
   rngs = step_rngs(jax.random.PRNGKey(2))
   loss, out = method.loss(params, bs, state, method_batch({"v1": view}), rngs, 0)
-  cut = method.cut(rngs.augment, view)
+  cut = method.cut(rngs, view)
   h, _ = method.encode(params["encoder"], bs["encoder"], cut.reshape(-1, 7, 7, 3))
   logits, _ = method.apply_train(method.head, params["head"], bs["head"],
                                  relative_patch.pairs(h.reshape(4, 9, -1)))
@@ -148,7 +148,7 @@ def test_jigsaw_loss_is_the_cross_entropy_of_the_permutation_class_and_state_hol
   rngs = step_rngs(jax.random.PRNGKey(2))
   loss, out = method.loss(params, bs, state, method_batch({"v1": view}), rngs, 0)
   # Reference: the same tiles and labels, then a numpy cross-entropy.
-  k_place, k_label = jax.random.split(rngs.augment)
+  k_place, k_label = rngs.method("jigsaw/placement"), rngs.method("jigsaw/permutation")
   offsets = patches.grid_offsets(k_place, 4, 21, 3, 6)
   tiles = patches.normalize_each(patches.crop_patches(view, offsets, 6))
   labels = np.asarray(jax.random.randint(k_label, (4,), 0, 10))

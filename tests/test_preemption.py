@@ -54,7 +54,8 @@ def test_signal_saves_the_current_step_and_a_rerun_resumes(tmp_path, tfds_dir, s
 
   # The rerun (here asked to stop two steps later, in this process) resumes at the saved step.
   caplog.set_level(logging.INFO)
-  rerun = pretrain.run(main_config(tfds_dir, *FLAGS, f"--config.train_steps={stopped + 2}"),
+  rerun = pretrain.run(main_config(tfds_dir, *FLAGS, f"--config.train_steps={stopped + 2}",
+                                   "--config.resume_changes=train_steps"),
                        workdir)
   assert rerun["step"] == stopped + 2
   assert f"Resuming from {ckpt.directory}/{stopped}" in caplog.text

@@ -72,7 +72,7 @@ def test_method_state_resumes_exactly(name, tmp_path, monkeypatch):
   pretrain.run(config, straight)
   interrupted = str(tmp_path / "interrupted")
   with monkeypatch.context() as m:
-    preempt_after(m, progress_lib.Progress, steps // 2)
+    preempt_after(m, progress_lib.Progress, steps // 2 - 1)  # stops after step steps // 2
     with pytest.raises(errors.Preempted):
       pretrain.run(config, interrupted)
   halfway, half_step = checkpointing.load_all(interrupted)

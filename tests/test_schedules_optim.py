@@ -55,11 +55,13 @@ def test_byol_ema_rate_matches_paper_formula():
   assert float(schedules.cosine_ema_rate(total, total, base)) == pytest.approx(1.0)
 
 
-def test_ema_update_matches_numpy():
+def test_the_ema_update_is_optaxs_incremental_update_as_byol_writes_it():
+  # target <- tau target + (1 - tau) online (BYOL eq. 1), leaf by leaf, with optax's
+  # incremental_update(new, old, step_size = 1 - tau), as BYOL's and MoCo's post_step call it.
   rng = np.random.default_rng(0)
   target = {"w": rng.normal(size=(3, 4)), "b": rng.normal(size=(4,))}
   online = {"w": rng.normal(size=(3, 4)), "b": rng.normal(size=(4,))}
-  out = schedules.ema_update(target, online, 0.9)
+  out = optax.incremental_update(online, target, 1.0 - 0.9)
   chex.assert_trees_all_close(out, {k: 0.9 * target[k] + 0.1 * online[k] for k in target})
 
 

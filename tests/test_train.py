@@ -44,7 +44,8 @@ def test_step_updates_everything_it_should(one_and_eight_device_runs):
   # The EMA target moved towards the online network but is not equal to it.
   assert changed(state.method_state["target_params"], fresh.method_state["target_params"])
   assert changed(state.method_state["target_params"]["encoder"], state.params["model"]["encoder"])
-  np.testing.assert_array_equal(state.rng, fresh.rng)  # the base key never changes
+  np.testing.assert_array_equal(jax.random.key_data(state.rng),  # the run's key never changes
+                                jax.random.key_data(fresh.rng))
 
 
 def test_probe_does_not_train_the_encoder():
@@ -86,7 +87,8 @@ def test_unlabelled_batches_give_zero_probe_loss():
 
 class TwoSizeMethod(methods.base.SSLMethod):
   """A test method on the contract's new inputs: two view groups of different crop sizes and
-  crop counts, the example index and the dropout key (as multi-crop and memory-bank methods)."""
+  crop counts, the example index and a sampling stream of its own (as multi-crop and
+  memory-bank methods)."""
 
   view_groups = ("global", "local")
 
@@ -106,7 +108,7 @@ class TwoSizeMethod(methods.base.SSLMethod):
         outs.append(methods.base.l2_normalize(f))
     # Every local crop's feature should match the first global crop's.
     loss = jnp.mean(jnp.stack([jnp.sum((o - outs[0]) ** 2, -1) for o in outs[1:]]))
-    keep = jax.random.bernoulli(rngs.dropout, 0.5, (batch["index"].shape[0],))
+    keep = jax.random.bernoulli(rngs.method("twosize/keep"), 0.5, (batch["index"].shape[0],))
     seen = method_state["seen"].at[batch["index"]].add(1)  # a memory bank's bookkeeping
     return loss, methods.base.LossOutput(
         batch_stats={"encoder": stats}, method_state={"seen": seen}, features=outs[0],

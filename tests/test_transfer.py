@@ -9,7 +9,9 @@ import pytest
 
 from sslx import data
 from sslx import errors
-from sslx.jobs import finetune
+from sslx.core.train_state import TrainState
+from sslx.data.info import Preprocessing
+from sslx.evaluation import finetuning
 from sslx.jobs import linear_eval
 from sslx import models
 from sslx.evaluation import transfer
@@ -118,20 +120,21 @@ _BACKBONE = models.get_backbone(
 def _tiny_finetune(frozen_groups, ratio, steps=3):
   model_config = ml_collections.ConfigDict(dict(name="resnet10", width=0.125, stem="cifar"))
   encoder = models.create_encoder(model_config, frozen_groups=frozen_groups)
-  head = finetune.ClassifierHead(3)
+  head = finetuning.ClassifierHead(3)
   init = models.create_encoder(model_config).init(jax.random.PRNGKey(0),
                                                    jnp.zeros((1, 16, 16, 3)), train=False)
   head_init = head.init(jax.random.PRNGKey(1),
                         jnp.zeros((1, models.feature_dim(model_config))), train=False)
   params = {"encoder": init["params"], "head": head_init["params"]}
-  tx = finetune.create_optimizer(params, backbone=models.get_backbone(model_config),
+  tx = finetuning.create_optimizer(params, backbone=models.get_backbone(model_config),
                                  frozen_groups=frozen_groups, peak_lr=0.5,
                                  backbone_lr_ratio=ratio, weight_decay=1e-3, momentum=0.9,
                                  warmup_steps=0, train_steps=steps)
-  state = finetune.State.create(params, {"encoder": init["batch_stats"],
-                                         "head": head_init["batch_stats"]}, tx.init(params))
-  step = jax.jit(finetune.make_train_step(encoder, head, tx, (0.5,) * 3, (0.25,) * 3,
-                                          jnp.float32))
+  state = TrainState.create(params=params, batch_stats={"encoder": init["batch_stats"],
+                                                        "head": head_init["batch_stats"]},
+                            opt_state=tx.init(params))
+  prep = Preprocessing(image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
+  step = jax.jit(finetuning.make_train_step(encoder, head, tx, prep, jnp.float32))
   rng = np.random.default_rng(0)
   start = state
   for _ in range(steps):
@@ -142,7 +145,7 @@ def _tiny_finetune(frozen_groups, ratio, steps=3):
 
 def _by_group(tree):
   out = {}
-  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+  for path, leaf in jax.tree.leaves_with_path(tree):
     out.setdefault(_BACKBONE.layer_group([str(k.key) for k in path]), []).append(
         np.asarray(leaf))
   return out
@@ -150,7 +153,7 @@ def _by_group(tree):
 
 @pytest.mark.parametrize("train_from", ["stage1", "stage3", "head"])
 def test_frozen_layers_keep_weights_and_bn_statistics(train_from):
-  frozen = finetune.train_from_choices(_BACKBONE).index(train_from)
+  frozen = finetuning.train_from_choices(_BACKBONE).index(train_from)
   start, end = _tiny_finetune(frozen, ratio=0.1)
   for tree in ("params", "batch_stats"):
     before = _by_group(getattr(start, tree)["encoder"])
@@ -175,7 +178,7 @@ def test_backbone_learning_rate_ratio_scales_the_encoder_update():
 def test_param_labels_name_every_group():
   params = {"encoder": {"stem_conv": {"kernel": 0}, "stage2_block0": {"conv1": {"kernel": 0}}},
             "head": {"out": {"kernel": 0}}}
-  labels = finetune.param_labels(params, frozen_groups=2, backbone=_BACKBONE)
+  labels = finetuning.param_labels(params, frozen_groups=2, backbone=_BACKBONE)
   assert labels == {"encoder": {"stem_conv": {"kernel": "frozen"},
                                 "stage2_block0": {"conv1": {"kernel": "encoder"}}},
                     "head": {"out": {"kernel": "head"}}}

@@ -122,7 +122,7 @@ def test_bad_checkpoints_give_clear_errors(tmp_path, tfds_dir, pretrained):
   c.model.name = "resnet50"
   with pytest.raises(errors.CheckpointError, match="name='resnet10'.*model.name='resnet50'"):
     knn_eval.run(c, str(tmp_path / "e3"))
-  with pytest.raises(errors.ConfigError, match="pretraining workdir"):
+  with pytest.raises(errors.ConfigError, match="--workdir is the workdir of the run it evaluates"):
     knn_eval.run(_config(pretrained, tfds_dir), pretrained)
   with pytest.raises(errors.ConfigError, match="checkpoint=scratch trains an encoder"):
     linear_eval.run(_config("scratch", tfds_dir), str(tmp_path / "e4"))

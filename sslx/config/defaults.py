@@ -124,7 +124,8 @@ def base_config() -> ml_collections.ConfigDict:
       feature_layer=ml_collections.config_dict.placeholder(str),
       feature_grid=1,
       batch_size=512,
-      max_train_examples=ml_collections.config_dict.placeholder(int),  # None: whole split
+      # None: the whole train split; N: a sample of N with every class in proportion.
+      max_train_examples=ml_collections.config_dict.placeholder(int),
       compare_random_init=True,
       # Also run the kNN / linear evaluation every this many steps (0: only at
       # the end), to follow representation quality over training in TensorBoard.
@@ -168,6 +169,11 @@ def base_config() -> ml_collections.ConfigDict:
   # If the newest checkpoint cannot be restored (corrupt, truncated), resume
   # from the newest older one that can; the failing ones are renamed, not deleted.
   c.resume_from_older = False
+  # A rerun resumes only the run its checkpoint saved: a change to a field that fixes what
+  # the saved state means (batch_size, train_steps, seed, data, optimizer, method, model,
+  # views; the process count for TFDS data) is refused, naming the field. List here the
+  # fields (or sections) whose change you accept, e.g. 'train_steps' to train longer.
+  c.resume_changes = ""
   # Several processes (hosts) in one run, through jax.distributed
   # (sslx.core.mesh.initialize_distributed; README, "Several hosts").
   c.distributed = ml_collections.ConfigDict(dict(
@@ -244,6 +250,8 @@ def apply_dataset_preset(c: ml_collections.ConfigDict, preset: str, config_file:
     c.data.eval_crop_fraction = 0.875
     c.data.cache = False
     c.model.update(name="resnet50", width=1.0, stem="imagenet")
+    # The frozen evaluations' kNN bank and probes: 100,000 of the 1.28M train images, a sample
+    # with every class in proportion (sslx.data.subsets.sample_indices).
     c.eval.max_train_examples = 100_000
     c.checkpoint_every_steps = 5000
     c.log_every_steps = 100

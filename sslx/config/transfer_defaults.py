@@ -7,6 +7,7 @@ import copy
 import ml_collections
 
 from sslx.config import defaults as config_defaults
+from sslx.data import info as data_info
 
 placeholder = ml_collections.config_dict.placeholder
 
@@ -33,17 +34,27 @@ def base_transfer_config(job: str, preset: str, config_file: str) -> ml_collecti
   c.dtype = "float32"
 
   c.data = copy.deepcopy(pretrain.data)  # (a deep copy keeps the placeholders' types)
-  # None: the image size the encoder was pretrained at (images are resized to it).
+  # The encoder is fed exactly as it was trained (its checkpoint's preprocessing: size,
+  # centre crop, grey, mean and std), whatever this dataset's own statistics. Set these to
+  # override that: the image size the images are resized to, the centre crop fraction,
+  # and grey lightness input.
   c.data.image_size = placeholder(int)
+  c.data.eval_crop_fraction = placeholder(float)
+  c.data.grey = placeholder(bool)
   # Architecture: None fields follow the checkpoint; set fields must match it.
   c.model = ml_collections.ConfigDict(dict(
       name=placeholder(str), width=placeholder(float), stem=placeholder(str),
       zero_init_residual=placeholder(bool)))
-  # For checkpoint=random/scratch: the architecture and input size to use when
-  # config.model / data.image_size are unset (the preset's pretraining ones).
+  # For checkpoint=random/scratch: the architecture and input of the encoder, where
+  # config.model / config.data leave them unset: the preset's pretraining ones, so that a
+  # random encoder is fed as the preset's pretrained encoders are. `like`: a checkpoint (or
+  # export) whose architecture and input to take instead, to compare weights alone.
+  mean, std = data_info.normalization(pretrain.data.dataset)
   c.random_init_defaults = ml_collections.ConfigDict(dict(
       model=dict(pretrain.model.to_dict(), zero_init_residual=False),
-      image_size=pretrain.data.image_size))
+      image_size=pretrain.data.image_size, mean=mean, std=std,
+      crop_fraction=pretrain.data.eval_crop_fraction, grey=pretrain.data.grey,
+      like=placeholder(str)))
 
   # Few labels: a class-stratified subset of the labelled train split, fixed by
   # `seed`: a fraction (0.01, 0.1, 1.0) or, if set, N images per class.
@@ -99,6 +110,7 @@ def base_transfer_config(job: str, preset: str, config_file: str) -> ml_collecti
   # `keep_checkpoints` kept; a rerun resumes. Non-finite steps as in pretraining.
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2
+  c.resume_changes = ""  # as pretraining's (sslx/config/defaults.py)
   c.nonfinite = ml_collections.ConfigDict(pretrain.nonfinite.to_dict())
   c.distributed = copy.deepcopy(pretrain.distributed)
   c.num_devices = placeholder(int)

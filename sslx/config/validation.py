@@ -11,7 +11,6 @@ from typing import Any, Callable
 
 import ml_collections
 
-from sslx import models
 from sslx.core import mesh
 from sslx.core import optim
 from sslx.data import views
@@ -81,6 +80,8 @@ TOP_LEVEL = {
     "cpu_devices": NON_NEGATIVE_INT,
     "cpu_conv_backend": one_of(*mesh.CPU_CONV_BACKENDS),
     "resume_from_older": BOOL,
+    "resume_changes": (lambda v: isinstance(v, str), "a comma-separated list of config fields "
+                       "(e.g. 'train_steps,optimizer'), or ''"),
     "compilation_cache_dir": (lambda v: isinstance(v, str), "a directory, or '' for no cache"),
     "data.image_size": POSITIVE_INT,
     "data.eval_crop_fraction": OPEN_UNIT_INTERVAL,
@@ -128,18 +129,6 @@ def view_problems(config) -> list[str]:
   return problems
 
 
-def model_problems(config) -> list[str]:
-  """The backbone's own checks (name, fields, and the image size it will see)."""
-  model = config.get("model")
-  if model is None:
-    return ["config.model is missing."]
-  problems = models.backbone_problems(model, _get(config, "data.image_size"))
-  layer, grid = _get(config, "eval.feature_layer"), _get(config, "eval.feature_grid")
-  if not problems and layer is not _MISSING and grid is not _MISSING:
-    problems += feature_layer_problems(layer, grid, models.get_backbone(model).feature_map_names)
-  return problems
-
-
 def feature_layer_problems(layer: str | None, grid: int, map_names) -> list[str]:
   """What is wrong with `eval.feature_layer` / `eval.feature_grid` for a backbone's maps."""
   problems = []
@@ -156,5 +145,6 @@ def feature_layer_problems(layer: str | None, grid: int, map_names) -> list[str]
 
 
 def problems(config: ml_collections.ConfigDict) -> list[str]:
-  """All type and range problems of a pretraining config that need no method or dataset."""
-  return check_fields(config, TOP_LEVEL) + view_problems(config) + model_problems(config)
+  """All type and range problems of a pretraining config that need no model, method or dataset
+  (`sslx.models.config_problems` and the method's `config_problems` add theirs)."""
+  return check_fields(config, TOP_LEVEL) + view_problems(config)

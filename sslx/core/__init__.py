@@ -3,10 +3,13 @@
   mesh           devices, the data-parallel mesh, shardings, CPU device split
   optim          optimizers (a registry) and learning-rate schedules
   schedules      EMA / momentum schedules
-  checkpointing  Orbax checkpoints: periodic, keep-N, exact resume, recovery
+  rngs           random streams, each derived by its purpose; a step's keys
+  train_state    the TrainState of every job, and the non-finite guard of its step
+  loop           the one training loop: checkpoints, exact resume, preemption, guards,
+                 progress, periodic hooks (pretraining, fine-tuning, probes, baselines)
+  checkpointing  Orbax checkpoints of a TrainState, with one identity check on resume
   preemption     SIGTERM / SIGINT -> finish the step, save, exit 75
-  health         non-finite stop/skip, collapse monitors
+  health         non-finite watch, collapse monitors
   progress       the one-line progress report and TensorBoard scalars
-  supervised_loop  the safe loop of the supervised jobs (fine-tuning, augmented probes)
   quiet_noise    filters third-party noise from the terminal
 """

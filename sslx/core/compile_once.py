@@ -22,21 +22,12 @@ _UNOPTIMIZED = {"xla_backend_optimization_level": 0}
 def jit(fn: Callable[..., Any], **jit_kwargs) -> Callable[..., Any]:
   """Like `jax.jit(fn, **jit_kwargs)`, compiled without backend optimisations on CPU.
 
-  Each call with new argument shapes lowers and compiles again (the callers
-  here call once per job, or a few times with one shape, which is cached).
+  The options go to jax.jit itself (`compiler_options`), so its own cache, keyed by
+  the argument shapes, and the persistent compilation cache serve these programs too.
   """
-  jitted = jax.jit(fn, **jit_kwargs)
   if jax.default_backend() != "cpu":
-    return jitted
-  compiled = {}
-
-  def call(*args):
-    key = jax.tree.structure(args), tuple((a.shape, a.dtype) for a in jax.tree.leaves(args))
-    if key not in compiled:
-      compiled[key] = jitted.lower(*args).compile(compiler_options=_UNOPTIMIZED)
-    return compiled[key](*args)
-
-  return call
+    return jax.jit(fn, **jit_kwargs)
+  return jax.jit(fn, compiler_options=_UNOPTIMIZED, **jit_kwargs)
 
 
 def enable_persistent_cache(config) -> str | None:

@@ -28,20 +28,6 @@ def all_finite(*trees) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def drop_if_nonfinite(finite: jax.Array, new, old, skipped: jax.Array, action: str):
-  """(`new`, or `old` where the step was not finite, and the skipped-update count).
-
-  The 'skip' policy of `config.nonfinite`, shared by every loop: a non-finite
-  step's whole update (weights, BN statistics, optimizer moments, method
-  state) is dropped, so the next step starts from this step's input state,
-  and it is counted. With 'stop' the update is kept; the host stops the run.
-  """
-  if action != "skip":
-    return new, skipped
-  kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  return kept, skipped + jnp.where(finite, 0, 1).astype(skipped.dtype)
-
-
 def embedding_std(embeddings: jax.Array) -> jax.Array:
   """Std over the batch of L2-normalised embeddings, averaged over dimensions.
 
@@ -67,13 +53,17 @@ def effective_rank(embeddings: jax.Array, eps: float = 1e-7) -> jax.Array:
   return jnp.exp(-jnp.sum(p * jnp.log(p)))
 
 
-def nonfinite_message(step: int, values: dict[str, float], latest: str | None) -> str:
-  """Names what went non-finite first: the method's loss, the probe's loss, or a gradient."""
+def nonfinite_message(step: int, values: dict[str, float], latest: str | None,
+                      update_finite: bool = False) -> str:
+  """Names what went non-finite first: the method's loss, the probe's loss, a gradient, or
+  (with finite loss and gradients, `update_finite`) the new parameters or state."""
   order = [("loss", "loss"), ("probe_loss", "online-probe loss"),
            ("grad_norm", "gradient of the method's parameters"),
            ("probe_grad_norm", "gradient of the online probe")]
   bad = [name for key, name in order if key in values and not math.isfinite(values[key])]
-  what = bad[0] if bad else "update (a gradient entry)"
+  what = (bad[0] if bad else
+          "new parameters or state (BatchNorm statistics, EMA target, queue, memory bank)"
+          if update_finite else "update (a gradient entry)")
   shown = ", ".join(f"{k}={values[k]:.4g}" for k, _ in order if k in values)
   where = (f"The newest checkpoint, {latest}, is from before it." if latest else
            "No checkpoint was saved before it.")
@@ -104,8 +94,10 @@ class NonFiniteWatch:
       return
     values = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()
               if k in ("loss", "probe_loss", "grad_norm", "probe_grad_norm")}
+    update_finite = bool(jax.device_get(metrics.get("finite_update", False)))
     if self.action == "stop":
-      raise NonFiniteError(nonfinite_message(step, values, self._latest_checkpoint()))
+      raise NonFiniteError(nonfinite_message(step, values, self._latest_checkpoint(),
+                                             update_finite))
     skipped = int(skipped)
     if skipped == self._skipped:
       return  # this step was already reported

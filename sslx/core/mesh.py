@@ -21,26 +21,37 @@ from sslx import errors
 DATA_AXIS = "data"
 
 
-def split_cpu_into_devices(config) -> None:
-  """Data parallelism over CPU cores: `config.cpu_devices` XLA host devices.
+def cpu_device_count(config) -> int | None:
+  """How many XLA host devices `config.cpu_devices` asks for; None where the user chose already.
 
   1 (the default) keeps one device: with convolutions on Eigen its step uses
   every core, and it ran the quick starts' steps 5-60% faster than one device
   per core, whose cross-device BatchNorm and gradient all-reduces took 30% of
   BYOL's step (experiments/README.md, "CPU cores as XLA devices"). 0 splits
-  the host into the most cores that divide the batch sizes. This only affects
-  the host platform: on GPU/TPU machines jax.devices() is unchanged. It must
-  run before JAX initialises its backends (before the first jax.devices()).
+  the host into the most cores that divide the batch sizes. A count the user
+  set (JAX_NUM_CPU_DEVICES, or XLA's device-count flag in XLA_FLAGS) wins.
   """
-  flags_now = os.environ.get("XLA_FLAGS", "")
-  if "xla_force_host_platform_device_count" in flags_now:
-    return
+  if (os.environ.get("JAX_NUM_CPU_DEVICES")
+      or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
+    return None
   count = config.get("cpu_devices", 1)
   if not count:
     batches = (config.batch_size, config.get("eval", {}).get("batch_size", config.batch_size))
     count = max(d for d in range(1, (os.cpu_count() or 1) + 1)
                 if all(b % d == 0 for b in batches))
-  os.environ["XLA_FLAGS"] = f"{flags_now} --xla_force_host_platform_device_count={count}".strip()
+  return count
+
+
+def split_cpu_into_devices(config) -> None:
+  """Data parallelism over CPU cores: `cpu_device_count(config)` XLA host devices.
+
+  Sets JAX's `jax_num_cpu_devices`, which only affects the host platform (on
+  GPU/TPU machines jax.devices() is unchanged). It must run before JAX
+  initialises its backends (before the first jax.devices()).
+  """
+  count = cpu_device_count(config)
+  if count is not None:
+    jax.config.update("jax_num_cpu_devices", count)
 
 
 # XLA:CPU libraries that can run the convolutions (forward and both backward

@@ -157,7 +157,7 @@ def _method_labels(params, method, groups, main: str):
     if group is not None and group not in groups:
       raise ValueError(f"param_group{keys} = {group!r}, not one of {sorted(groups)}.")
     return main if group is None else group
-  return jax.tree_util.tree_map_with_path(label, params)
+  return jax.tree.map_with_path(label, params)
 
 
 def method_optimizer(opt_config, schedule, method=None) -> optax.GradientTransformation:

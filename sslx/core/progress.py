@@ -25,21 +25,29 @@ def _duration(seconds: float) -> str:
 class Progress:
   """Measures steps/s, images/s and ETA between reports; writes scalars.
 
-  Rates exclude the first step of the run, which includes compilation.
+  Rates exclude the first step of the run, which includes compilation. `name`
+  starts the terminal line ('fine-tune step 50/300 | ...'), `prefix` the
+  TensorBoard tags ('finetune/loss'); without a writer nothing is written.
   """
 
-  def __init__(self, writer: summaries.Writer, *, total_steps: int,
-               start_step: int, global_batch_size: int):
+  def __init__(self, writer: summaries.Writer | None, *, total_steps: int,
+               start_step: int, global_batch_size: int, name: str = "", prefix: str = ""):
     self.writer = writer
     self.total_steps = total_steps
     self.global_batch_size = global_batch_size
+    self.name = f"{name} " if name else ""
+    self.prefix = f"{prefix}/" if prefix else ""
     self._mark_step = start_step
     self._mark_time = None
 
+  def _write(self, step: int, scalars: dict[str, float]) -> None:
+    if self.writer is not None:
+      self.writer.write_scalars(step, {self.prefix + k: v for k, v in scalars.items()})
+
   def first_step_done(self, step: int, seconds: float) -> None:
     """Called once the first step (compile + run) has finished."""
-    logging.info("step %d: compiled and ran the first step in %.1fs", step, seconds)
-    self.writer.write_scalars(step, {"compile_and_first_step_s": seconds})
+    logging.info("%sstep %d: compiled and ran the first step in %.1fs", self.name, step, seconds)
+    self._write(step, {"compile_and_first_step_s": seconds})
     self._mark_step, self._mark_time = step, time.perf_counter()
 
   def report(self, step: int, metrics: dict) -> dict[str, float]:
@@ -54,12 +62,14 @@ class Progress:
       self._mark_step, self._mark_time = step, now
     else:
       eta = "?"
-    self.writer.write_scalars(step, scalars)
+    self._write(step, scalars)
     shown = " | ".join(f"{k} {v:.4g}" for k, v in scalars.items()
-                       if k not in ("steps_per_sec", "images_per_sec"))
+                       if k not in ("steps_per_sec", "images_per_sec")
+                       and (k != "skipped_updates" or v))
     rate = (f"{scalars['steps_per_sec']:.2f} steps/s, {scalars['images_per_sec']:.0f} img/s"
             if "steps_per_sec" in scalars else "")
-    logging.info("step %d/%d | %s | %s | ETA %s", step, self.total_steps, shown, rate, eta)
+    logging.info("%sstep %d/%d | %s | %s | ETA %s", self.name, step, self.total_steps, shown,
+                 rate, eta)
     return scalars
 
 

@@ -1,6 +1,8 @@
-"""Schedules that are not learning rates: EMA / momentum-encoder rates."""
+"""Schedules that are not learning rates: EMA / momentum-encoder rates.
 
-import jax
+The EMA update itself is optax's: `optax.incremental_update(online, target, 1 - rate)`.
+"""
+
 import jax.numpy as jnp
 
 
@@ -12,8 +14,3 @@ def cosine_ema_rate(step, total_steps: int, base_rate: float, final_rate: float 
   """
   progress = jnp.clip(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 0.0, 1.0)
   return final_rate - (final_rate - base_rate) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
-
-
-def ema_update(target, online, rate):
-  """target <- rate * target + (1 - rate) * online, leaf by leaf."""
-  return jax.tree.map(lambda t, o: rate * t + (1.0 - rate) * o, target, online)

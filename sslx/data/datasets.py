@@ -39,25 +39,10 @@ from sslx.data import folders
 # Imported for their side effect: registering the embedded TFDS builders.
 from sslx.data import mnist5k  # pylint: disable=unused-import
 from sslx.data import mnistm5k  # pylint: disable=unused-import
-from sslx.data.info import DatasetInfo
+from sslx.data import info as info_lib
+from sslx.data.info import DatasetInfo, normalization
 from sslx.errors import ConfigError, DatasetNotAvailableError
 
-# Normalisation constants for images scaled to [0, 1].
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Per-channel pixel statistics of the 50,000 CIFAR-10 training images
-# (Krizhevsky, 2009), as used for CIFAR-10 and CIFAR-100 by solo-learn
-# (da Costa et al., 2022, JMLR 23(56)).
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-# MNIST training-set statistics (the PyTorch MNIST example), repeated for the
-# three channels a grey digit becomes.
-MNIST_MEAN = (0.1307,) * 3
-MNIST_STD = (0.3081,) * 3
-# mnistm5k's 4,000 training images (python -c "from sslx.data import mnistm5k;
-# x = mnistm5k.build()['train'][0] / 255; print(x.mean((0, 1, 2)), x.std((0, 1, 2)))").
-MNISTM_MEAN = (0.4337, 0.3646, 0.3433)
-MNISTM_STD = (0.3182, 0.2840, 0.2858)
 # Datasets built from files installed with sslx's dependencies: prepared on
 # first use whatever config.data.download says.
 EMBEDDED = ("mnist5k", "mnistm5k")
@@ -68,21 +53,17 @@ class _TfdsSpec:
   pretrain_split: str
   train_split: str
   test_split: str
-  mean: tuple[float, float, float]
-  std: tuple[float, float, float]
 
 
+# Splits of the TFDS names; their normalisation is `info.normalization(name)`.
 _TFDS_SPECS = {
-    "mnist5k": _TfdsSpec("train", "train", "test", MNIST_MEAN, MNIST_STD),
-    "mnistm5k": _TfdsSpec("train", "train", "test", MNISTM_MEAN, MNISTM_STD),
-    "cifar10": _TfdsSpec("train", "train", "test", CIFAR_MEAN, CIFAR_STD),
-    "cifar100": _TfdsSpec("train", "train", "test", CIFAR_MEAN, CIFAR_STD),
-    "stl10": _TfdsSpec("train+unlabelled", "train", "test", IMAGENET_MEAN,
-                       IMAGENET_STD),
-    "imagenet2012": _TfdsSpec("train", "train", "validation", IMAGENET_MEAN,
-                              IMAGENET_STD),
-    "imagenette": _TfdsSpec("train", "train", "validation", IMAGENET_MEAN,
-                            IMAGENET_STD),
+    "mnist5k": _TfdsSpec("train", "train", "test"),
+    "mnistm5k": _TfdsSpec("train", "train", "test"),
+    "cifar10": _TfdsSpec("train", "train", "test"),
+    "cifar100": _TfdsSpec("train", "train", "test"),
+    "stl10": _TfdsSpec("train+unlabelled", "train", "test"),
+    "imagenet2012": _TfdsSpec("train", "train", "validation"),
+    "imagenette": _TfdsSpec("train", "train", "validation"),
 }
 VALID_NAMES = tuple(_TFDS_SPECS) + ("npz:/path/to/file.npz",
                                     "folder:/path/to/images")
@@ -139,7 +120,7 @@ def get_dataset_info(data_config: Any) -> DatasetInfo:
         name=name, num_classes=int(label.num_classes),
         num_train_examples=_tfds_num_examples(builder, spec.pretrain_split),
         pretrain_split=spec.pretrain_split, train_split=spec.train_split,
-        test_split=spec.test_split, mean=spec.mean, std=spec.std)
+        test_split=spec.test_split, mean=normalization(arg)[0], std=normalization(arg)[1])
   if kind == "npz":
     arrays = _load_npz(arg)
     labelled = "y_train" in arrays
@@ -148,7 +129,7 @@ def get_dataset_info(data_config: Any) -> DatasetInfo:
         num_train_examples=len(arrays["x_train"]), pretrain_split="train",
         train_split="train" if labelled else None,
         test_split="test" if "x_test" in arrays else None,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        mean=normalization(name)[0], std=normalization(name)[1])
   folder = folders.scan(arg)
   labelled = folder.classes is not None
   return DatasetInfo(
@@ -156,19 +137,11 @@ def get_dataset_info(data_config: Any) -> DatasetInfo:
       num_train_examples=len(folder.splits["train"][0]), pretrain_split="train",
       train_split="train" if labelled else None,
       test_split="test" if "test" in folder.splits else None,
-      mean=IMAGENET_MEAN, std=IMAGENET_STD)
-
-
-def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """(mean, std) the pipeline normalises dataset `name` with, without reading it."""
-  kind, arg = _parse_name(name)
-  spec = _TFDS_SPECS[arg] if kind == "tfds" else None
-  return (spec.mean, spec.std) if spec else (IMAGENET_MEAN, IMAGENET_STD)
+      mean=normalization(name)[0], std=normalization(name)[1])
 
 
 def load_split(data_config: Any, split: str, *, process_index: int,
-               process_count: int, max_examples: int | None = None,
-               shuffle_files_seed: int | None = None,
+               process_count: int, shuffle_files_seed: int | None = None,
                indices: np.ndarray | None = None) -> SplitSource:
   """Returns this process's shard of `split` (a name from `DatasetInfo`).
 
@@ -178,27 +151,22 @@ def load_split(data_config: Any, split: str, *, process_index: int,
       'train+unlabelled').
     process_index: this process, in [0, process_count).
     process_count: number of processes sharing the split.
-    max_examples: keep only the first N examples of the split (before
-      sharding); None keeps all.
     shuffle_files_seed: TFDS only: shuffle the order of the files with this
       seed (the same order on every pass); None reads them in order.
     indices: keep only these examples (sorted indices into the split in
-      stored order, e.g. a few-label subset), before `max_examples` and
-      sharding.
+      stored order, e.g. a few-label subset or `subsets.sample_indices`),
+      before sharding.
   """
   kind, arg = _parse_name(data_config.dataset)
   if indices is not None:
     indices = np.asarray(indices, np.int64)
-    if max_examples is not None:
-      indices = indices[:max_examples]
   if kind == "tfds" and indices is not None:
-    return _tfds_subset(arg, data_config, split, indices, process_index, process_count)
+    if not np.array_equal(indices, np.arange(len(indices))):
+      return _tfds_subset(arg, data_config, split, indices, process_index, process_count)
+    # A prefix of the stored order (a sample of a hash-shuffled split): TFDS slices it.
+    split = f"{split}[:{len(indices)}]"
   if kind == "tfds":
     builder = _tfds_builder(arg, data_config)
-    if max_examples is not None:
-      total = _tfds_num_examples(builder, split)
-      if max_examples < total:
-        split = f"{split}[:{max_examples}]"
     total = _tfds_num_examples(builder, split)
     local_split = tfds.split_for_jax_process(
         split, process_index=process_index, process_count=process_count)
@@ -253,17 +221,42 @@ def load_split(data_config: Any, split: str, *, process_index: int,
     elements = {"image": paths, "label": labels}
     decode, shape = _decode_file, (None, None, 3)
   ds = tf.data.Dataset.from_tensor_slices(elements)
-  total = len(ds) if max_examples is None else min(max_examples, len(ds))
-  ds = ds.take(total).shard(process_count, process_index)
+  total = len(ds)
+  ds = ds.shard(process_count, process_index)
   count = len(range(process_index, total, process_count))
-  mine = slice(process_index, total, process_count)  # what take + shard keep
+  mine = slice(process_index, total, process_count)  # what shard keeps
   return SplitSource(ds, count, total, decode, tuple(shape), process_index, process_count,
                      table={k: np.asarray(v)[mine] for k, v in elements.items()})
 
 
 def reads_by_index(data_config: Any) -> bool:
   """npz arrays and image folders: any example can be read by its index (TFDS records cannot)."""
-  return _parse_name(data_config.dataset)[0] != "tfds"
+  return info_lib.reads_by_index(data_config.dataset)
+
+
+def split_size(data_config: Any, split: str) -> int:
+  """Number of examples of `split` (a split name of the dataset)."""
+  kind, arg = _parse_name(data_config.dataset)
+  if kind == "tfds":
+    return _tfds_num_examples(_tfds_builder(arg, data_config), split)
+  if kind == "npz":
+    arrays = _load_npz(arg)
+    if f"x_{split}" not in arrays:
+      raise ConfigError(f"{data_config.dataset} has no split {split!r}.")
+    return len(arrays[f"x_{split}"])
+  folder = folders.scan(arg)
+  if split not in folder.splits:
+    raise ConfigError(f"{data_config.dataset} has no split {split!r}; it has "
+                      f"{sorted(folder.splits)}.")
+  return len(folder.splits[split][0])
+
+
+def stored_in_random_order(data_config: Any) -> bool:
+  """Whether the split's stored order is already a random one: TFDS hash-shuffles the
+  examples of every dataset whose builder does not disable it (imagenet2012, cifar10);
+  mnist5k, npz files and folders keep their order (class by class, often)."""
+  kind, arg = _parse_name(data_config.dataset)
+  return kind == "tfds" and not _tfds_builder(arg, data_config).info.disable_shuffling
 
 
 def _checked(indices: np.ndarray, size: int, split: str) -> np.ndarray:

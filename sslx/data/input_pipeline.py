@@ -276,21 +276,18 @@ def _random_access_stream(src: datasets.SplitSource, first: int, global_batch: i
 
 def num_eval_batches(data_config: Any, split: str, *, batch_size: int,
                      process_count: int | None = None,
-                     max_examples: int | None = None,
                      indices: np.ndarray | None = None) -> int:
   """Batches that `make_eval_iterator` yields, the same on every process."""
   _, process_count = _process(None, process_count)
   src = datasets.load_split(
       data_config, _eval_split(data_config, split), process_index=0,
-      process_count=process_count, max_examples=_max_examples(max_examples),
-      indices=indices)
+      process_count=process_count, indices=indices)
   return _num_batches(src.num_examples_total, process_count, batch_size)
 
 
 def make_eval_iterator(
     data_config: Any, split: str, *, batch_size: int,
     process_index: int | None = None, process_count: int | None = None,
-    max_examples: int | None = None,
     indices: np.ndarray | None = None) -> _SizedIterator:
   """Returns one deterministic pass over a split, in stored order.
 
@@ -304,8 +301,6 @@ def make_eval_iterator(
     batch_size: rows per batch on this process.
     process_index: this process; default `jax.process_index()`.
     process_count: number of processes; default `jax.process_count()`.
-    max_examples: read only the first N examples of the split (of `indices`
-      when given).
     indices: read only these examples of the split (sorted indices into it,
       e.g. a few-label subset from `sslx.data.subsets`).
 
@@ -326,22 +321,19 @@ def make_eval_iterator(
   src = datasets.load_split(
       data_config, _eval_split(data_config, split),
       process_index=process_index, process_count=process_count,
-      max_examples=_max_examples(max_examples), indices=indices)
+      indices=indices)
   num_batches = _num_batches(src.num_examples_total, process_count, batch_size)
   if src.num_examples > num_batches * batch_size:
     raise AssertionError(  # Shards are even, so this cannot happen.
         f"Process {process_index} has {src.num_examples} examples, more than "
         f"{num_batches} batches of {batch_size}.")
   decode = src.decode
-  resize_to = int(round(image_size / fraction))
-
   start, stride = src.index_start, src.index_stride
-  to_rgb = _rgb_converter(data_config)
+  transform = _eval_transform(image_size, fraction, data_config.get("grey", False))
 
   def prepare(i, ex):
     image = ex["image"] if decode is None else decode(ex["image"])
-    image = _resize_center_crop(image, resize_to, image_size)
-    return {"image": to_rgb(image), "label": ex["label"], "mask": tf.constant(True),
+    return {"image": transform(image), "label": ex["label"], "mask": tf.constant(True),
             "index": tf.cast(start + i * stride, tf.int32)}
 
   ds = src.dataset.enumerate().map(prepare, num_parallel_calls=_parallel(data_config),
@@ -354,6 +346,25 @@ def make_eval_iterator(
   ds = ds.batch(batch_size, drop_remainder=True)
   return _SizedIterator(_finish(ds, data_config).as_numpy_iterator(),
                         num_batches)
+
+
+def _eval_transform(image_size: int, crop_fraction: float, grey: bool):
+  """uint8 [H, W, C] -> uint8 [S, S, 3]: what evaluation makes of one image (shorter side to
+  S / crop_fraction, centre crop S, RGB or grey lightness)."""
+  resize_to = int(round(image_size / crop_fraction))
+  to_rgb = _rgb_converter({"grey": grey})
+  return lambda image: to_rgb(_resize_center_crop(image, resize_to, image_size))
+
+
+def eval_crops(images: np.ndarray, preprocessing: Any, batch_size: int = 256) -> np.ndarray:
+  """uint8 [N, H, W, C] images (C = 1 or 3) -> uint8 [N, S, S, 3], exactly as the evaluation
+  pipeline crops them for an encoder with `preprocessing` (`sslx.data.info.Preprocessing`):
+  `sslx.load_encoder`'s encoders and every evaluator feed an encoder the same pixels."""
+  transform = _eval_transform(preprocessing.image_size, preprocessing.crop_fraction,
+                              preprocessing.grey)
+  ds = tf.data.Dataset.from_tensor_slices(images).map(transform).batch(batch_size)
+  return np.concatenate([np.zeros((0, preprocessing.image_size, preprocessing.image_size, 3),
+                                  np.uint8), *ds.as_numpy_iterator()])
 
 
 class _SizedIterator:
@@ -473,13 +484,6 @@ def _eval_split(data_config: Any, split: str) -> str:
         "switch off what needs it (--config.eval.knn=False --config.eval.linear=False "
         "--config.probe.enabled=False).")
   return name
-
-
-def _max_examples(max_examples: int | None) -> int | None:
-  if max_examples is not None and max_examples <= 0:
-    raise ConfigError(f"max_examples must be positive or None, got "
-                      f"{max_examples}.")
-  return max_examples
 
 
 def _num_batches(total: int, process_count: int, batch_size: int) -> int:

@@ -1,4 +1,11 @@
-"""Few-label subsets: a stratified, seeded choice of labelled training examples.
+"""Subsets of a split: stratified, seeded choices that keep every class.
+
+`sample_indices` is every "at most N examples" of sslx (`eval.max_train_examples`):
+a deterministic sample of the whole split in which each class keeps its share,
+never the first N stored examples (npz files and image folders store their
+examples class by class, so those would be a few classes only).
+
+Few-label subsets are a stratified, seeded choice of labelled training examples.
 
 Semi-supervised transfer (SimCLR's and BYOL's 1% and 10% ImageNet tables)
 trains on a fraction of the labels. For the comparison to mean anything every
@@ -78,3 +85,49 @@ def label_subset(data_config: Any, split: str, *, fraction: float | None,
   if labels.size and labels.max() < 0:
     raise ConfigError(f"{data_config.dataset} split {split!r} has no labels to subsample.")
   return stratified_subset(labels, fraction=fraction, per_class=per_class, seed=seed), labels
+
+
+def proportional_subset(labels: np.ndarray, size: int, *, seed: int = 0) -> np.ndarray:
+  """Sorted indices of `size` of `labels`' examples, each class in proportion to its share.
+
+  Class c of n_c of the N examples keeps floor(size n_c / N) examples, and the
+  classes with the largest remainders one more each (ties: lower class first)
+  until `size` are kept; which ones is a permutation seeded with (seed, c), as
+  in `stratified_subset`. Unlabelled examples (label < 0) count as one class.
+  """
+  labels = np.asarray(labels)
+  n = len(labels)
+  if size >= n:
+    return np.arange(n)
+  classes, counts = np.unique(labels, return_counts=True)
+  exact = size * counts / n
+  keep = np.floor(exact).astype(int)
+  for i in sorted(range(len(classes)), key=lambda i: (-(exact[i] - keep[i]), i))[:size - keep.sum()]:
+    keep[i] += 1
+  chosen = []
+  for c, k in zip(classes, keep):
+    members = np.flatnonzero(labels == c)
+    order = np.random.default_rng([int(seed) % 2**32, int(c) % 2**32]).permutation(len(members))
+    chosen.append(members[order[:k]])
+  return np.sort(np.concatenate(chosen))
+
+
+def sample_indices(data_config: Any, split: str, size: int | None, seed: int) -> np.ndarray | None:
+  """Sorted indices of a sample of `size` examples of `split`, or None for the whole split.
+
+  Labelled data keeps each class's share (`proportional_subset`), unlabelled
+  data is a seeded random sample. TFDS datasets that TFDS stored in a hash-
+  shuffled order (every TFDS dataset unless its builder disables shuffling,
+  e.g. imagenet2012) take the first `size` examples: already a random sample
+  of every class, and read without a pass over the split's labels.
+  """
+  if size is None:
+    return None
+  from sslx.data import datasets  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  total = datasets.split_size(data_config, split)
+  if size >= total:
+    return None
+  if datasets.stored_in_random_order(data_config):
+    return np.arange(size)
+  labels = read_labels(data_config, split)
+  return proportional_subset(labels, size, seed=seed)

@@ -24,6 +24,8 @@ from sslx import errors
 PRETRAIN_FILE = "pretrain_results.json"
 EVAL_FILE = "eval_results.json"
 RANDOM_ROW, SCRATCH_ROW = "random init", "from scratch (labels only)"
+# The `config.checkpoint` values of a transfer job that name no checkpoint (sslx.evaluation.transfer).
+RANDOM, SCRATCH = "random", "scratch"
 
 
 @dataclasses.dataclass
@@ -111,13 +113,12 @@ def collect(workdirs: Sequence[str]) -> list[Row]:
       raise errors.ConfigError(
           f"{workdir} holds neither {PRETRAIN_FILE} (a finished pretraining run) nor "
           f"{EVAL_FILE} (a finished knn_eval, linear_eval or finetune run).")
-  from sslx.evaluation import transfer  # pylint: disable=import-outside-toplevel  (it imports us)
   extra = {}
   for workdir, results in transfers:
     checkpoint = str(results.get("checkpoint"))
     row = by_checkpoint_dir.get(os.path.dirname(checkpoint))
     if row is None:
-      title = {transfer.RANDOM: RANDOM_ROW, transfer.SCRATCH: "supervised from scratch"}.get(
+      title = {RANDOM: RANDOM_ROW, SCRATCH: "supervised from scratch"}.get(
           checkpoint, checkpoint)
       row = extra.setdefault(title, Row(name=title, workdir=workdir))
     row.scores[_transfer_column(results)] = results["top1"]

@@ -3,9 +3,10 @@
 Centre crops (`make_eval_iterator`), normalised with the dataset's statistics,
 through the encoder in inference mode (running BatchNorm statistics), sharded
 over the mesh; padded rows are dropped and every process gets all features.
-`evaluate_frozen` runs the two frozen-feature protocols (kNN and the L-BFGS
-linear probe) on the same features, as pretraining's final and periodic
-evaluations do.
+The images are fed as the encoder's `Preprocessing` says (size, centre crop,
+grey, mean and std: the encoder's own, not the evaluation dataset's), so an
+encoder's features are the same whichever form the images come in and
+whichever job asks (`sslx/evaluation/frozen.py` runs the protocols on them).
 
 Which features (`config.eval.feature_layer`, `config.eval.feature_grid`): by
 default the encoder's pooled representation, what the contrastive papers
@@ -21,10 +22,7 @@ specialise in the task.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
-
-from absl import logging
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +32,7 @@ from jax.experimental import multihost_utils
 from sslx import data
 from sslx.core import mesh as mesh_lib
 from sslx.data import augment
-from sslx.evaluation import knn
-from sslx.evaluation import linear_probe
+from sslx.data.info import Preprocessing
 
 PyTree = Any
 
@@ -58,13 +55,17 @@ def grid_pool(feature_map: jax.Array, grid: int) -> jax.Array:
   return jnp.stack(pooled, axis=1).reshape(b, grid * grid * c)
 
 
-def make_embed_fn(encoder, mean, std, dtype="float32", *, layer: str | None = None,
-                  grid: int = 1):
+def make_embed_fn(encoder, preprocessing: Preprocessing, dtype="float32", *,
+                  layer: str | None = None, grid: int = 1):
   """jit(variables, uint8 images) -> features: normalise, then the encoder in inference mode.
 
-  The features are the encoder's pooled representation, or with `layer` that
+  The images are the preprocessing's crops (the pipeline made them); this
+  scales them to [0, 1] and normalises them with its mean and std. The
+  features are the encoder's pooled representation, or with `layer` that
   feature map grid-pooled (`grid_pool`).
   """
+  mean, std = preprocessing.mean, preprocessing.std
+
   @jax.jit
   def embed(variables, images):
     x = augment.normalize(augment.to_float01(images), mean, std, dtype)
@@ -113,70 +114,19 @@ def extract_features(embed_fn: Callable[[jax.Array], jax.Array], batches,
 class FeatureExtractor:
   """Features of an encoder (module + variables) for whole splits of one dataset."""
 
-  def __init__(self, encoder, variables: PyTree, *, data_config, mean, std, mesh,
-               dtype="float32", embed_fn=None, layer: str | None = None, grid: int = 1):
-    """`embed_fn`: a `make_embed_fn` of this encoder to reuse (its compilation with it);
+  def __init__(self, encoder, variables: PyTree, *, data_config, preprocessing: Preprocessing,
+               mesh, dtype="float32", embed_fn=None, layer: str | None = None, grid: int = 1):
+    """`data_config` names the dataset; `preprocessing` is the encoder's input. `embed_fn`: a
+    `make_embed_fn` of this encoder and preprocessing to reuse (its compilation with it);
     otherwise one is made for `layer` and `grid` (`make_embed_fn`)."""
-    self.encoder, self.data_config, self.mesh = encoder, data_config, mesh
+    self.encoder, self.mesh = encoder, mesh
+    self.data_config = preprocessing.data_config(data_config)
     self.variables = mesh_lib.replicate(variables, mesh)
-    self._embed = embed_fn or make_embed_fn(encoder, mean, std, dtype, layer=layer, grid=grid)
+    self._embed = embed_fn or make_embed_fn(encoder, preprocessing, dtype, layer=layer, grid=grid)
 
-  def __call__(self, split: str, *, batch_size: int, indices=None, max_examples=None):
-    """(features [N, D] float32, labels [N]) of `split` ('train' or 'test'); global batch size."""
+  def __call__(self, split: str, *, batch_size: int, indices=None):
+    """(features [N, D] float32, labels [N]) of `split` ('train' or 'test'), of the examples
+    `indices` (sorted) or all; `batch_size` is global."""
     it = data.make_eval_iterator(self.data_config, split,
-                                 batch_size=batch_size // jax.process_count(),
-                                 indices=indices, max_examples=max_examples)
+                                 batch_size=batch_size // jax.process_count(), indices=indices)
     return extract_features(lambda x: self._embed(self.variables, x), it, self.mesh)
-
-
-def evaluate_frozen(extract: FeatureExtractor, *, num_classes: int, batch_size: int,
-                    knn_k: int | None, knn_temperature: float = 0.1, linear: bool = True,
-                    max_train_examples: int | None = None, seed: int = 0,
-                    few_label_subsets: dict[int, list] | None = None,
-                    few_label_l2: float | None = None, return_features: bool = False):
-  """kNN (when knn_k is set) and linear-probe top-1/top-5 on the test split, same features.
-
-  `few_label_subsets` {N: [indices into the train split, one per draw]}, or a
-  function from the train labels to it (the labels come with the features, so
-  no separate pass over the split), adds `few_label_linear`: {N: mean/std
-  top-1 of probes fitted on those images only}.
-  With `return_features`, returns (results, {'train': (x, y), 'test': (x, y)}).
-  """
-  clock = _Clock()
-  train_x, train_y = extract("train", batch_size=batch_size, max_examples=max_train_examples)
-  test_x, test_y = extract("test", batch_size=batch_size)
-  clock.lap("features")
-  results = {}
-  if knn_k:
-    results["knn"] = knn.knn_accuracy(train_x, train_y, test_x, test_y, k=knn_k,
-                                      temperature=knn_temperature, num_classes=num_classes)
-  if linear:
-    results["linear"] = linear_probe.linear_probe_accuracy(
-        train_x, train_y, test_x, test_y, num_classes=num_classes, seed=seed)
-  clock.lap("kNN and linear probe")
-  if callable(few_label_subsets):
-    few_label_subsets = few_label_subsets(train_y)
-  if few_label_subsets:
-    from sslx.evaluation import few_label  # pylint: disable=import-outside-toplevel
-    largest = max(len(indices) for chosen in few_label_subsets.values() for indices in chosen)
-    results["few_label_linear"] = {
-        n: few_label.linear_few_label(train_x, test_x, test_y, train_y, chosen,
-                                      num_classes=num_classes,
-                                      l2=few_label_l2 or few_label.DEFAULT_L2, pad_to=largest)
-        for n, chosen in few_label_subsets.items()}
-    clock.lap("few-label probes")
-  if return_features:
-    return results, {"train": (train_x, train_y), "test": (test_x, test_y)}
-  return results
-
-
-class _Clock:
-  """Logs how long each part of an evaluation took (where the quick start's minutes go)."""
-
-  def __init__(self):
-    self._t = time.perf_counter()
-
-  def lap(self, what: str) -> None:
-    now = time.perf_counter()
-    logging.info("evaluation: %s took %.1fs", what, now - self._t)
-    self._t = now

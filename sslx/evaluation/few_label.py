@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -30,9 +31,15 @@ import numpy as np
 
 from sslx import data
 from sslx.core import compile_once
+from sslx.core import health
+from sslx.core import loop as loop_lib
 from sslx.core import mesh as mesh_lib
+from sslx.core import rngs as rngs_lib
+from sslx.core.train_state import TrainState
 from sslx.data import subsets
+from sslx.data.info import DatasetInfo, Preprocessing
 from sslx.evaluation import features as features_lib
+from sslx.evaluation import finetuning
 from sslx.evaluation import linear_probe
 from sslx.evaluation.metrics import top1_top5
 
@@ -69,9 +76,21 @@ def linear_few_label(train_x: np.ndarray, test_x: np.ndarray, test_y: np.ndarray
   return _summary(scores)
 
 
-def _summary(scores) -> dict[str, Any]:
-  return {"top1": float(np.mean(scores)), "top1_std": float(np.std(scores)),
-          "draws": len(scores), "per_draw": [float(s) for s in scores]}
+def _summary(scores, diverged: list[str] | None = None) -> dict[str, Any]:
+  """Mean and spread of the draws' test top-1; draws that diverged are named, not averaged."""
+  out = {"top1": float(np.mean(scores)) if scores else float("nan"),
+         "top1_std": float(np.std(scores)) if scores else float("nan"),
+         "draws": len(scores), "per_draw": [float(s) for s in scores]}
+  if diverged:
+    out["diverged"] = diverged
+  return out
+
+
+def cell(result: dict[str, Any], width: int = 6) -> str:
+  """A table cell: the mean top-1, or 'diverged' where every draw diverged."""
+  if result.get("diverged") and not result.get("draws"):
+    return f"{'diverged':>{width}}"
+  return f"{result['top1']:>{width}.1%}"
 
 
 class ScratchTrainer:
@@ -79,60 +98,82 @@ class ScratchTrainer:
 
   One jitted step (compiled once) serves every subset: `steps` steps of
   `batch_size` random crops from the subset's images, repeated and shuffled
-  by the pretraining pipeline, with the fine-tuning job's step function and
-  head (sslx/jobs/finetune.py).
+  by the pretraining pipeline, with fine-tuning's step and head
+  (sslx/evaluation/finetuning.py), on the one training loop
+  (sslx/core/loop.py) without checkpoints: a non-finite step stops that
+  draw (`nonfinite`, pretraining's policy) and the table says it diverged
+  instead of printing a number for it.
   """
 
-  def __init__(self, backbone, *, info, data_config, mesh, config: ml_collections.ConfigDict,
+  def __init__(self, backbone, *, info: DatasetInfo, preprocessing: Preprocessing, data_config,
+               mesh, config: ml_collections.ConfigDict, nonfinite: ml_collections.ConfigDict,
                dtype=jnp.float32):
-    from sslx.jobs import finetune  # pylint: disable=import-outside-toplevel  (jobs import us)
-    self.finetune, self.backbone, self.info = finetune, backbone, info
-    self.data_config, self.mesh, self.config, self.dtype = data_config, mesh, config, dtype
+    self.backbone, self.info, self.preprocessing = backbone, info, preprocessing
+    self.data_config = preprocessing.data_config(data_config)
+    self.mesh, self.config, self.dtype = mesh, config, dtype
+    self.loop_config = ml_collections.ConfigDict(dict(
+        nonfinite=nonfinite.to_dict(), log_every_steps=config.steps,
+        checkpoint_every_steps=None))
     self.encoder = backbone.module(dtype)
-    self.head = finetune.ClassifierHead(info.num_classes)
-    self._embed = features_lib.make_embed_fn(self.encoder, info.mean, info.std, dtype)
+    self.head = finetuning.ClassifierHead(info.num_classes)
+    self._embed = features_lib.make_embed_fn(self.encoder, preprocessing, dtype)
     c = config
-    self.tx = finetune.create_optimizer(
-        jax.eval_shape(self._init_params, jax.random.PRNGKey(0))[0], backbone=backbone, frozen_groups=0,
-        peak_lr=c.base_learning_rate * c.batch_size / 256, backbone_lr_ratio=1.0,
-        weight_decay=c.weight_decay, momentum=0.9, warmup_steps=0, train_steps=c.steps)
+    self.tx = finetuning.create_optimizer(
+        jax.eval_shape(self._init_params, rngs_lib.seed_key(0))[0], backbone=backbone,
+        frozen_groups=0, peak_lr=c.base_learning_rate * c.batch_size / 256,
+        backbone_lr_ratio=1.0, weight_decay=c.weight_decay, momentum=0.9, warmup_steps=0,
+        train_steps=c.steps)
     # One compilation each serves every subset (same shapes, new seed).
     self._init = compile_once.jit(self._init_state)
-    self._step = jax.jit(finetune.make_train_step(self.encoder, self.head, self.tx, info.mean,
-                                                  info.std, dtype), donate_argnums=0)
+    self._step = jax.jit(finetuning.make_train_step(self.encoder, self.head, self.tx,
+                                                    preprocessing, dtype, nonfinite.action),
+                         donate_argnums=0)
 
   def _init_params(self, key):
-    size = self.data_config.image_size
-    k_encoder, k_head = jax.random.split(key)
-    enc = self.encoder.init(k_encoder, jnp.zeros((1, size, size, 3)), train=False)
-    head = self.head.init(k_head, jnp.zeros((1, self.backbone.feature_dim)), train=False)
-    return ({"encoder": enc["params"], "head": head["params"]},
-            {"encoder": enc["batch_stats"], "head": head["batch_stats"]})
+    size = self.preprocessing.image_size
+    enc = self.encoder.init(rngs_lib.derive(key, "init/encoder"), jnp.zeros((1, size, size, 3)),
+                            train=False)
+    head_params, head_stats = finetuning.init_head(self.head, rngs_lib.derive(key, "init/head"),
+                                                   self.backbone.feature_dim)
+    return ({"encoder": enc["params"], "head": head_params},
+            {"encoder": enc["batch_stats"], "head": head_stats})
 
   def _init_state(self, key):
     params, batch_stats = self._init_params(key)
-    return self.finetune.State.create(params, batch_stats, self.tx.init(params))
+    return TrainState.create(params=params, batch_stats=batch_stats, opt_state=self.tx.init(params),
+                             rng=rngs_lib.derive(key, "train"))
 
-  def test_accuracy(self, indices: np.ndarray, seed: int, test_images) -> float:
-    """Test top-1 after training from scratch on the train images `indices`."""
-    state = mesh_lib.replicate(self._init(jax.random.PRNGKey(seed)), self.mesh)
+  def test_accuracy(self, indices: np.ndarray, seed: int, eval_batch_size: int) -> float:
+    """Test top-1 after training from scratch on the train images `indices` (split indices)."""
+    state = mesh_lib.replicate(self._init(rngs_lib.seed_key(seed)), self.mesh)
     views = ml_collections.ConfigDict({"v1": self.config.view})
-    batches = data.make_pretrain_iterator(
+    loop = loop_lib.Loop(config=self.loop_config, mesh=self.mesh, num_steps=self.config.steps,
+                         global_batch_size=self.config.batch_size,
+                         name=f"from-scratch baseline ({len(indices)} images, seed {seed})")
+    state, _ = loop.run(state, self._step, lambda start: data.make_pretrain_iterator(
         self.data_config, views, global_batch_size=self.config.batch_size, seed=seed,
-        split=self.info.train_split, indices=indices)
-    for _ in range(self.config.steps):
-      state, _ = self._step(state, mesh_lib.to_global(next(batches), self.mesh))
+        split=self.info.train_split, indices=indices, start_step=start))
     state = jax.device_get(state)
     variables = mesh_lib.replicate(
         {"params": state.params["encoder"], "batch_stats": state.batch_stats["encoder"]},
         self.mesh)
-    feats = features_lib.extract_features(lambda x: self._embed(variables, x), test_images(),
+    test_images = data.make_eval_iterator(self.data_config, "test",
+                                          batch_size=eval_batch_size // jax.process_count())
+    feats = features_lib.extract_features(lambda x: self._embed(variables, x), test_images,
                                           self.mesh)
     logits = np.asarray(self.head.apply({"params": state.params["head"],
                                          "batch_stats": state.batch_stats["head"]},
                                         jnp.asarray(feats[0]), train=False))
     return top1_top5(logits, feats[1], self.info.num_classes)["top1"]
 
-  def evaluate(self, chosen: list[np.ndarray], seed: int, test_images) -> dict[str, Any]:
-    return _summary([self.test_accuracy(indices, seed + d, test_images)
-                     for d, indices in enumerate(chosen)])
+  def evaluate(self, chosen: list[np.ndarray], seed: int, *,
+               eval_batch_size: int) -> dict[str, Any]:
+    """Mean test top-1 over the draws `chosen` (split indices); diverged draws are named."""
+    scores, diverged = [], []
+    for d, indices in enumerate(chosen):
+      try:
+        scores.append(self.test_accuracy(indices, seed + d, eval_batch_size))
+      except health.NonFiniteError as e:
+        logging.warning("The from-scratch baseline of draw %d diverged: %s", d, e)
+        diverged.append(f"draw {d}: {str(e).split(';')[0]}")
+    return _summary(scores, diverged)

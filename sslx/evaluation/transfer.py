@@ -1,13 +1,14 @@
-"""What the transfer evaluators share: the encoder to evaluate, data, results.
+"""What the transfer evaluators share: the encoder to evaluate, its input, data, results.
 
 The evaluators (`knn_eval`, `linear_eval`, `finetune`) are method-agnostic:
-they read only the encoder and the config of a pretraining checkpoint
-(`checkpointing.load_encoder`, read-only), so they work for every method.
+they read only a checkpoint's encoder, its record (architecture and input
+preprocessing) and config (`checkpointing.read_encoder`, read-only), so they
+work for every method, and for a fine-tuning run's encoder too.
 
 `config.checkpoint` is one of
-  PRETRAIN_WORKDIR                    its newest checkpoint (or the step in
+  TRAINING_WORKDIR                    its newest checkpoint (or the step in
                                       `config.checkpoint_step`)
-  PRETRAIN_WORKDIR/checkpoints/STEP   that step
+  TRAINING_WORKDIR/checkpoints/STEP   that step
   EXPORT_DIR                          an encoder `sslx.Encoder.save_portable` wrote
   PATH.pt (.pth)                      a torchvision or timm ResNet state_dict (e.g.
                                       ImageNet-pretrained weights as a fine-tuning start)
@@ -18,9 +19,11 @@ they read only the encoder and the config of a pretraining checkpoint
                                       (supervised training from scratch)
 The architecture comes from the checkpoint; `config.model` fields left at None
 follow it, fields that are set must agree with it (the backbone's
-`identity_fields`). For random/scratch, None
-fields (and `data.image_size`) come from `config.random_init_defaults`, the
-evaluation preset's usual architecture.
+`identity_fields`). So does the input: the encoder is fed exactly as it was
+trained (`resolve_preprocessing`), whatever the evaluation dataset's own
+statistics. For random/scratch the architecture and input are the preset's
+(`config.random_init_defaults`) or, with `random_init_defaults.like`, those of
+a named checkpoint, so that the comparison is about weights alone.
 """
 
 import dataclasses
@@ -41,24 +44,28 @@ from sslx import models
 from sslx.config import validation as config_validation
 from sslx.core import checkpointing
 from sslx.core import mesh as mesh_lib
+from sslx.core import loop as loop_lib
 from sslx.core import summaries
-from sslx.core import supervised_loop
+from sslx.data import info as info_lib
+from sslx.data.info import Preprocessing
 from sslx.evaluation import compare
 from sslx.evaluation import features as features_lib
 from sslx.export import portable
 from sslx.export import torch_resnet
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+IMAGENET_MEAN, IMAGENET_STD = info_lib.IMAGENET_MEAN, info_lib.IMAGENET_STD
 
 PyTree = Any
-RANDOM, SCRATCH = "random", "scratch"
+RANDOM, SCRATCH = compare.RANDOM, compare.SCRATCH
 
 
 @dataclasses.dataclass
 class LoadedEncoder:
-  """The encoder under evaluation and where it came from."""
+  """The encoder under evaluation, what it is fed, and where it came from."""
   model_config: ml_collections.ConfigDict  # the architecture (the backbone's identity fields)
   variables: PyTree  # {'params', 'batch_stats'}, on the local device
+  preprocessing: Preprocessing  # its input, as saved with it
   source: dict[str, Any]  # checkpoint path, step, method, pretraining data
 
 
@@ -107,28 +114,43 @@ def _model_from(config, checkpoint_model: dict | None) -> ml_collections.ConfigD
   return ml_collections.ConfigDict(identity)
 
 
+def _random_init(config, kind: str) -> LoadedEncoder:
+  """A randomly initialised encoder: the preset's architecture and input, or with
+  `random_init_defaults.like` those of that checkpoint (the comparison is then weights alone)."""
+  defaults = config.random_init_defaults
+  like = defaults.get("like")
+  if like:
+    template = load_backbone(ml_collections.ConfigDict(
+        {"checkpoint": like, "checkpoint_step": None, "model": config.model.to_dict(),
+         "random_init_defaults": defaults.to_dict()}))
+    model_config, prep = template.model_config, template.preprocessing
+  else:
+    model_config = _model_from(config, None)
+    prep = Preprocessing(image_size=defaults.image_size, mean=tuple(defaults.mean),
+                         std=tuple(defaults.std), crop_fraction=defaults.crop_fraction,
+                         grey=defaults.grey)
+  encoder = models.create_encoder(model_config)
+  size = config.get("data", {}).get("image_size") or prep.image_size
+  variables = models.init_variables(encoder, config.seed + 1, jnp.zeros((1, size, size, 3)))
+  return LoadedEncoder(model_config, variables, prep, dict(
+      checkpoint=kind, step=None, method=None, pretrain_dataset=None, like=like or None))
+
+
 def load_backbone(config) -> LoadedEncoder:
-  """The encoder named by `config.checkpoint`, with its architecture and provenance."""
+  """The encoder named by `config.checkpoint`, with its architecture, input and provenance."""
   workdir, step = parse_checkpoint(config.checkpoint, config.get("checkpoint_step"))
   if workdir in (RANDOM, SCRATCH):
-    model_config = _model_from(config, None)
-    encoder = models.create_encoder(model_config)
-    size = config.data.image_size or config.random_init_defaults.image_size
-    variables = models.init_variables(encoder, config.seed + 1, jnp.zeros((1, size, size, 3)))
-    return LoadedEncoder(model_config, variables, dict(
-        checkpoint=workdir, step=None, method=None, pretrain_dataset=None,
-        pretrain_image_size=None))
+    return _random_init(config, workdir)
   if workdir.endswith(TORCH_SUFFIXES) or portable.is_portable(workdir):
     return _load_export(config, workdir, step)
-  variables, pretrain_config, step = checkpointing.load_encoder(workdir, step)
-  model_config = _model_from(config, pretrain_config["model"])
-  _check_shapes(model_config, variables, f"{workdir}/checkpoints/{step}",
-                pretrain_config["data"]["image_size"])
-  return LoadedEncoder(model_config, variables, dict(
-      checkpoint=f"{checkpointing.checkpoint_dir(workdir)}/{step}", step=step,
-      method=pretrain_config.get("method"),
-      pretrain_dataset=pretrain_config["data"]["dataset"],
-      pretrain_image_size=pretrain_config["data"]["image_size"]))
+  saved = checkpointing.read_encoder(workdir, step)
+  record = saved.record
+  return LoadedEncoder(
+      _model_from(config, record["model"]), saved.variables,
+      Preprocessing.from_dict(record["preprocessing"]), dict(
+          checkpoint=f"{checkpointing.checkpoint_dir(workdir)}/{saved.step}", step=saved.step,
+          method=saved.config.get("method"), job=saved.config.get("job", "pretrain"),
+          pretrain_dataset=saved.config.get("data", {}).get("dataset")))
 
 
 def _load_export(config, path: str, step: int | None) -> LoadedEncoder:
@@ -140,53 +162,41 @@ def _load_export(config, path: str, step: int | None) -> LoadedEncoder:
     if not os.path.isfile(path):
       raise errors.CheckpointError(f"There is no state_dict file {path}.")
     variables, model = torch_resnet.load(path)
+    # A state_dict carries no preprocessing: torchvision's ImageNet statistics, at the size
+    # the config asks for (or 224 px, torchvision's).
+    size = (config.get("data", {}).get("image_size")
+            or config.get("random_init_defaults", {}).get("image_size") or 224)
+    prep = Preprocessing(image_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     source = dict(checkpoint=path, step=None, method=None, pretrain_dataset=None,
-                  pretrain_image_size=None, format="torch state_dict")
+                  format="torch state_dict")
   else:
     variables, description = portable.load(path)
     model = description["model"]
+    prep = Preprocessing.from_dict(description["input"])
     source = dict(description["source"], checkpoint=path, format=portable.FORMAT,
-                  exported_from=description["source"].get("checkpoint"),
-                  pretrain_image_size=description["input"]["image_size"],
-                  input=description["input"])
+                  exported_from=description["source"].get("checkpoint"))
   model_config = _model_from(config, model)
-  if source["pretrain_image_size"]:  # (torch_resnet.load checked its own tree's shapes)
-    _check_shapes(model_config, variables, path, source["pretrain_image_size"])
-  return LoadedEncoder(model_config, variables, source)
+  if not path.endswith(TORCH_SUFFIXES):  # (torch_resnet.load checked its own tree's shapes)
+    models.check_variables(model_config, variables, path, prep.image_size)
+  return LoadedEncoder(model_config, variables, prep, source)
 
 
-def _check_shapes(model_config, variables, where: str, image_size: int) -> None:
-  """The restored tree must be exactly what the architecture's init would build."""
-  encoder = models.create_encoder(model_config)
-  expected = jax.eval_shape(lambda: encoder.init(
-      jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3)), train=False))
-  shape_of = lambda tree: {"/".join(str(getattr(k, "key", k)) for k in path): tuple(v.shape)
-                           for path, v in jax.tree_util.tree_leaves_with_path(tree)}
-  want, got = shape_of(dict(expected)), shape_of(variables)
-  if want != got:
-    diff = sorted(set(want.items()) ^ set(got.items()))[:4]
-    described = ", ".join(f"{k} {v}" for k, v in model_config.items())
-    raise errors.CheckpointError(
-        f"The encoder in {where} does not match its recorded architecture ({described}); "
-        f"first differences (path, shape): {diff}. The checkpoint may be corrupt.")
+def resolve_preprocessing(config, backbone: LoadedEncoder) -> Preprocessing:
+  """The encoder's input, with what the config sets explicitly overriding it.
 
-
-def resolve_data_config(config, backbone: LoadedEncoder) -> ml_collections.ConfigDict:
-  """`config.data` with the image size filled in: by default the pretraining size.
-
-  Images of another size are resized (shorter side, then centre crop) to
-  `data.image_size`; leaving it None uses the size the encoder was pretrained
-  at, the usual transfer setting for ResNets.
+  By default an evaluator feeds the encoder exactly what it was trained on
+  (size, centre crop, grey, mean and std). `data.image_size`,
+  `data.eval_crop_fraction` and `data.grey`, when set, override those (with
+  a warning for the size: transfer at another resolution is a choice).
   """
-  data_config = ml_collections.ConfigDict(config.data.to_dict())
-  if data_config.image_size is None:
-    data_config.image_size = (backbone.source["pretrain_image_size"]
-                              or config.random_init_defaults.image_size)
-  elif (backbone.source["pretrain_image_size"]
-        and data_config.image_size != backbone.source["pretrain_image_size"]):
-    logging.warning("Evaluating at %d px an encoder pretrained at %d px (config.data.image_size).",
-                    data_config.image_size, backbone.source["pretrain_image_size"])
-  return data_config
+  prep, d = backbone.preprocessing, config.data
+  size = d.get("image_size")
+  if size is not None and size != prep.image_size:
+    logging.warning("Evaluating at %d px an encoder trained at %d px (config.data.image_size).",
+                    size, prep.image_size)
+  overrides = dict(image_size=size, crop_fraction=d.get("eval_crop_fraction"),
+                   grey=d.get("grey"))
+  return dataclasses.replace(prep, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclasses.dataclass
@@ -194,7 +204,8 @@ class Setup:
   """What every evaluator starts from."""
   mesh: Any
   backbone: LoadedEncoder
-  data_config: ml_collections.ConfigDict
+  preprocessing: Preprocessing  # what the encoder is fed
+  data_config: ml_collections.ConfigDict  # config.data, its pipeline making that input
   info: data.DatasetInfo
   subset: np.ndarray | None  # indices of the labelled train subset; None: all of it
   labels: np.ndarray | None  # labels of the whole train split, if read
@@ -221,35 +232,37 @@ def setup(config, workdir: str, *, batch_sizes, need_labels: bool = False) -> Se
   if layer_problems:
     raise errors.ConfigError.from_problems(layer_problems)
   check_workdir(workdir, backbone)
-  data_config = resolve_data_config(config, backbone)
+  prep = resolve_preprocessing(config, backbone)
+  data_config = prep.data_config(config.data)
   info = data.get_dataset_info(data_config)
   if not info.num_classes or info.train_split is None:
     raise errors.ConfigError(f"{info.name} has no labelled train split to evaluate with.")
   if info.test_split is None:
     raise errors.ConfigError(f"{info.name} has no test split to evaluate on.")
+  logging.info("evaluating %s on %s, fed as it was trained: %s", backbone.source["checkpoint"],
+               info.name, prep.describe())
   subset, labels = data.subsets.label_subset(
       data_config, info.train_split, fraction=config.label_fraction,
       per_class=config.get("labels_per_class"), seed=config.seed)
   if need_labels and labels is None:
     labels = data.subsets.read_labels(data_config, info.train_split)
-  return Setup(mesh, backbone, data_config, info, subset, labels)
+  return Setup(mesh, backbone, prep, data_config, info, subset, labels)
 
 
-def feature_extractor(loaded: LoadedEncoder, info: data.DatasetInfo, data_config, mesh,
-                      dtype=jnp.float32, *, layer: str | None = None,
+def feature_extractor(s: Setup, dtype=jnp.float32, *, layer: str | None = None,
                       grid: int = 1) -> features_lib.FeatureExtractor:
-  """Frozen-encoder features (inference-mode BN, centre crops) of the loaded encoder.
+  """Frozen-encoder features (inference-mode BN, the encoder's own input) of the set-up encoder.
 
   `layer`, `grid`: `config.eval.feature_layer` and `feature_grid` (the pooled
   output by default).
   """
   return features_lib.FeatureExtractor(
-      models.create_encoder(loaded.model_config, dtype=dtype), loaded.variables,
-      data_config=data_config, mean=info.mean, std=info.std, mesh=mesh, dtype=dtype,
+      models.create_encoder(s.backbone.model_config, dtype=dtype), s.backbone.variables,
+      data_config=s.data_config, preprocessing=s.preprocessing, mesh=s.mesh, dtype=dtype,
       layer=layer, grid=grid)
 
 
-def labelled_batches(config, data_config, info: data.DatasetInfo, view, indices):
+def labelled_batches(config, s: Setup, view, indices):
   """start_step -> the augmented stream of the labelled train images `indices` (one crop each).
 
   What the supervised jobs train on: `view` is their crop-and-flip view group
@@ -259,43 +272,77 @@ def labelled_batches(config, data_config, info: data.DatasetInfo, view, indices)
 
   def batches_from(start_step: int):
     return data.make_pretrain_iterator(
-        data_config, views, global_batch_size=config.batch_size, seed=config.seed,
-        split=info.train_split, indices=indices, start_step=start_step)
+        s.data_config, views, global_batch_size=config.batch_size, seed=config.seed,
+        split=s.info.train_split, indices=indices, start_step=start_step)
   return batches_from
 
 
-def supervised_loop_for(config, workdir: str, mesh, loaded: LoadedEncoder, *, section: str,
-                        name: str, num_steps: int) -> supervised_loop.Loop:
-  """The safe loop of a transfer job; its checkpoints are tied to this encoder and setting."""
-  identity = dict(supervised_loop.describe_for_resume(config, section),
-                  encoder=loaded.source["checkpoint"], encoder_step=loaded.source["step"])
-  return supervised_loop.Loop(name=name, workdir=workdir, config=config, mesh=mesh,
-                              num_steps=num_steps, identity=identity, metric_prefix=section)
+# What a transfer job's checkpoint means (sslx.core.checkpointing.Identity): the encoder it
+# started from, the labelled subset, the data, the batch and the job's own section.
+_FINGERPRINT_FIELDS = ("job", "checkpoint", "checkpoint_step", "seed", "batch_size",
+                       "label_fraction", "labels_per_class", "data.dataset", "data.image_size",
+                       "data.grey", "data.eval_crop_fraction", "eval.feature_layer",
+                       "eval.feature_grid", "random_init_defaults")
 
 
-def describe(config, backbone: LoadedEncoder, info: data.DatasetInfo, num_labelled: int) -> dict:
+def fingerprint(config: dict, section: str, process_count: int | None = None) -> dict[str, Any]:
+  def get(path):
+    node = config
+    for key in path.split("."):
+      node = node.get(key) if isinstance(node, dict) else None
+    return node
+  fields = {path: get(path) for path in _FINGERPRINT_FIELDS + (section,)}
+  flat = checkpointing.flatten(fields)
+  if process_count is not None and not info_lib.reads_by_index(get("data.dataset") or ""):
+    flat["process_count"] = process_count
+  return flat
+
+
+def training_loop(config, workdir: str, s: Setup, *, section: str, name: str, num_steps: int,
+                  keeps_encoder: bool) -> loop_lib.Loop:
+  """The loop of a transfer job that trains (fine-tuning, the augmented probe), checkpointed
+  in `workdir`; its checkpoints record the encoder (`keeps_encoder`: under params/encoder)."""
+  config_dict = json.loads(config.to_json())
+  encoder = None
+  if keeps_encoder:
+    encoder = {"params": ["encoder"], "batch_stats": ["encoder"],
+               "model": s.backbone.model_config.to_dict(),
+               "preprocessing": s.preprocessing.to_dict()}
+  identity = checkpointing.Identity(
+      fingerprint=fingerprint(config_dict, section, jax.process_count()),
+      of_config=lambda saved: fingerprint(saved, section), config=config, encoder=encoder,
+      allowed_changes=checkpointing.parse_allowed(config.get("resume_changes")))
+  ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.keep_checkpoints,
+                                    identity=identity)
+  return loop_lib.Loop(config=config, mesh=s.mesh, num_steps=num_steps,
+                       global_batch_size=config.batch_size, checkpointer=ckpt,
+                       writer=summaries.Writer(workdir), name=name, metric_prefix=section)
+
+
+def describe(config, s: Setup, num_labelled: int) -> dict:
   """The provenance fields every eval_results.json carries."""
+  backbone, info = s.backbone, s.info
   return dict(
       checkpoint=backbone.source["checkpoint"], step=backbone.source["step"],
       method=backbone.source["method"], pretrain_dataset=backbone.source["pretrain_dataset"],
-      model=backbone.model_config.to_dict(), dataset=info.name, split=info.test_split,
-      train_split=info.train_split,
+      model=backbone.model_config.to_dict(), preprocessing=s.preprocessing.to_dict(),
+      dataset=info.name, split=info.test_split, train_split=info.train_split,
       label_fraction=None if config.get("labels_per_class") else config.label_fraction,
       labels_per_class=config.get("labels_per_class"), num_labelled=int(num_labelled),
       seed=config.seed, feature_layer=config.eval.get("feature_layer"),
       feature_grid=config.eval.get("feature_grid", 1))
 
 
-def check_workdir(workdir: str, backbone: LoadedEncoder) -> None:
-  """The evaluator writes beside, never into, the pretraining run, and can write there."""
+def check_workdir(workdir: str, backbone) -> None:
+  """The evaluator writes beside, never into, the training run it reads, and can write there."""
   ckpt = backbone.source["checkpoint"]
   if ckpt not in (RANDOM, SCRATCH):
     pretrain_workdir = os.path.dirname(os.path.dirname(ckpt))
     if os.path.abspath(workdir) == pretrain_workdir:
       raise errors.ConfigError(
-          f"--workdir is the pretraining workdir {pretrain_workdir}; give the evaluation its own "
-          f"directory (e.g. {pretrain_workdir}/eval_{{protocol}}) so it cannot touch the "
-          "pretraining checkpoints or logs.")
+          f"--workdir is the workdir of the run it evaluates, {pretrain_workdir}; give the "
+          f"evaluation its own directory (e.g. {pretrain_workdir}/eval_{{protocol}}) so it "
+          "cannot touch that run's checkpoints or logs.")
   checkpointing.check_writable(workdir)
 
 

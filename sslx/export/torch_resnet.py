@@ -159,7 +159,7 @@ def from_state_dict(state_dict: dict[str, Any]) -> tuple[dict, dict[str, Any]]:
 def _template(model: dict[str, Any]):
   encoder = models.create_encoder(ml_collections.ConfigDict(model))
   size = 4 * resnet.total_stride(model["stem"])
-  return jax.eval_shape(lambda: encoder.init(jax.random.PRNGKey(0),
+  return jax.eval_shape(lambda: encoder.init(jax.random.key(0),
                                              jnp.zeros((1, size, size, 3)), train=False))
 
 

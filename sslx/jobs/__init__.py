@@ -7,9 +7,11 @@
   export       the encoder as portable msgpack + JSON and/or a torchvision state_dict
   compare      one Markdown table and one chart of finished runs' evaluations
 
-A new job is a new module here plus one line below. Where a job's loop really
-differs from these (segmentation, domain adaptation), fork the nearest one
-rather than adding hooks to it.
+A new job is a new module here plus one line below. Every job that trains
+(segmentation, domain adaptation, multi-task) runs its jitted step on the one
+training loop, `sslx.core.loop.Loop`, with a `TrainState`
+(`sslx.core.train_state`): checkpoints, exact resume, preemption and the
+non-finite guard come with it.
 """
 
 from sslx.registry import Registry

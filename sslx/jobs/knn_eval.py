@@ -31,15 +31,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise errors.ConfigError("checkpoint=scratch trains an encoder; kNN evaluates a frozen one. "
                              "Use checkpoint=random for the untrained baseline.")
   s = transfer.setup(config, workdir, batch_sizes=(config.eval.batch_size,))
-  backbone, info = s.backbone, s.info
-  extract = transfer.feature_extractor(backbone, info, s.data_config, s.mesh,
-                                       layer=config.eval.feature_layer,
+  info = s.info
+  extract = transfer.feature_extractor(s, layer=config.eval.feature_layer,
                                        grid=config.eval.feature_grid)
   bank_x, bank_y = extract("train", batch_size=config.eval.batch_size, indices=s.subset)
   test_x, test_y = extract("test", batch_size=config.eval.batch_size)
   scores = knn.knn_accuracy(bank_x, bank_y, test_x, test_y, k=config.knn.k,
                             temperature=config.knn.temperature, num_classes=info.num_classes)
-  results = dict(protocol="knn", **scores, **transfer.describe(config, backbone, info, len(bank_y)),
+  results = dict(protocol="knn", **scores, **transfer.describe(config, s, len(bank_y)),
                  k=min(config.knn.k, len(bank_y)), temperature=config.knn.temperature)
   transfer.write_results(workdir, results, transfer.summary_line(
       f"kNN (k={results['k']}, T={config.knn.temperature})", results))

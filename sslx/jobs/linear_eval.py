@@ -18,8 +18,8 @@ labelled TRAIN subset (never on the test split):
   decay) pair of the grid is a separate linear head trained at once on the
   same features (the encoder runs once per batch, not once per setting); the
   head with the best held-out accuracy is scored on the test split. The
-  held-out images are not trained on. It runs on the supervised loop
-  (sslx/core/supervised_loop.py): checkpointed, resumable, preemptible.
+  held-out images are not trained on. It runs on the one training loop
+  (sslx/core/loop.py): checkpointed, resumable, preemptible.
 """
 
 import functools
@@ -35,7 +35,7 @@ from sslx import data
 from sslx import errors
 from sslx import models
 from sslx.core import mesh as mesh_lib
-from sslx.core import supervised_loop
+from sslx.core.train_state import TrainState, guarded_update
 from sslx.data import augment
 from sslx.evaluation import features as features_lib
 from sslx.evaluation import linear_probe
@@ -82,9 +82,9 @@ def multi_head_loss(heads, features, labels, weight_decays):
   return jnp.sum(ce + decay)
 
 
-def _train_augmented(config, workdir, loaded, info, data_config, mesh, extract, indices, labels):
+def _train_augmented(config, workdir, s: transfer.Setup, extract, indices, labels):
   """The augmented protocol; returns (test scores, chosen hyperparameters, grid results)."""
-  c = config.linear
+  c, loaded, info, mesh = config.linear, s.backbone, s.info, s.mesh
   fit_pos, held_pos = holdout_split(labels, c.holdout_fraction, config.seed)
   fit_idx, held_idx = indices[fit_pos], indices[held_pos]
   # Standardise features with statistics of the (centre-crop) fit images, as
@@ -101,8 +101,7 @@ def _train_augmented(config, workdir, loaded, info, data_config, mesh, extract, 
   # Unit peak: each head's rate multiplies the (linear) momentum update below.
   tx = optax.sgd(optax.cosine_decay_schedule(1.0, steps), momentum=c.momentum, nesterov=True)
   heads = {"w": jnp.zeros((num_heads, dim, num_classes)), "b": jnp.zeros((num_heads, num_classes))}
-  state = mesh_lib.replicate(supervised_loop.SupervisedState.create(heads, {}, tx.init(heads)),
-                             mesh)
+  state = mesh_lib.replicate(TrainState.create(params=heads, opt_state=tx.init(heads)), mesh)
   variables = mesh_lib.replicate(loaded.variables, mesh)
   encoder = models.create_encoder(loaded.model_config, dtype=jnp.dtype(config.dtype))
   mean_j, std_j = jnp.asarray(mean), jnp.asarray(std)
@@ -111,7 +110,8 @@ def _train_augmented(config, workdir, loaded, info, data_config, mesh, extract, 
   @functools.partial(jax.jit, donate_argnums=0)
   def step(state, batch, variables):
     images, labels = batch["views"]["v1"], batch["label"]
-    x = augment.normalize(augment.to_float01(images[:, 0]), info.mean, info.std, encoder.dtype)
+    x = augment.normalize(augment.to_float01(images[:, 0]), s.preprocessing.mean,
+                          s.preprocessing.std, encoder.dtype)
     out = encoder.apply(variables, x, train=False)
     features = (features_lib.select(out, config.eval.feature_layer, config.eval.feature_grid)
                 - mean_j) / std_j
@@ -120,13 +120,13 @@ def _train_augmented(config, workdir, loaded, info, data_config, mesh, extract, 
     updates = jax.tree.map(lambda u: u * lrs.reshape((-1,) + (1,) * (u.ndim - 1)), updates)
     new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                         opt_state=opt_state)
-    new, flags = supervised_loop.guard(state, new, loss, grads, action)
+    new, flags = guarded_update(state, new, loss, grads, action)
     return new, {"loss": loss / num_heads, "grad_norm": optax.global_norm(grads), **flags}
 
-  loop = transfer.supervised_loop_for(config, workdir, mesh, loaded, section="linear",
-                                      name="linear probe", num_steps=steps)
+  loop = transfer.training_loop(config, workdir, s, section="linear", name="linear probe",
+                                num_steps=steps, keeps_encoder=False)
   state, _ = loop.run(state, lambda st, batch: step(st, batch, variables),
-                      transfer.labelled_batches(config, data_config, info, c.view, fit_idx))
+                      transfer.labelled_batches(config, s, c.view, fit_idx))
 
   heads = jax.device_get(state.params)
   predict = lambda x: np.asarray(multi_head_logits(heads, jnp.asarray((x - mean) / std)))
@@ -150,16 +150,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   augmented = config.linear.augment
   s = transfer.setup(config, workdir, need_labels=augmented, batch_sizes=(
       (config.eval.batch_size, config.batch_size) if augmented else (config.eval.batch_size,)))
-  loaded, info, subset = s.backbone, s.info, s.subset
-  extract = transfer.feature_extractor(loaded, info, s.data_config, s.mesh,
-                                       dtype=jnp.dtype(config.dtype),
+  info, subset = s.info, s.subset
+  extract = transfer.feature_extractor(s, dtype=jnp.dtype(config.dtype),
                                        layer=config.eval.feature_layer,
                                        grid=config.eval.feature_grid)
 
   if augmented:
     indices = np.arange(len(s.labels)) if subset is None else subset
-    scores, chosen, sweep = _train_augmented(config, workdir, loaded, info, s.data_config,
-                                             s.mesh, extract, indices, s.labels[indices])
+    scores, chosen, sweep = _train_augmented(config, workdir, s, extract, indices,
+                                             s.labels[indices])
     num_labelled, extra = len(indices), dict(**chosen, sweep=sweep)
     name = "linear probe (SGD, augmented)"
   else:
@@ -172,6 +171,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     num_labelled, extra = len(train_y), {}
     name = "linear probe (L-BFGS)"
   results = dict(protocol="linear", augment=bool(config.linear.augment), **scores,
-                 **transfer.describe(config, loaded, info, num_labelled), **extra)
+                 **transfer.describe(config, s, num_labelled), **extra)
   transfer.write_results(workdir, results, transfer.summary_line(name, results))
   return results

@@ -4,12 +4,15 @@
 
 The train step is a pure function (TrainState, batch) -> (TrainState, metrics),
 jitted once over a data-parallel device mesh. Per step it: derives the step's
-rng with fold_in(seed key, step), turns the uint8 crops from tf.data into
-photometrically augmented views on device, asks the method for its loss, adds
-the online linear probe's loss on stop-gradient features, applies the
-optimizer, and lets the method update its non-gradient state (EMA target,
-queue). Everything that changes is in TrainState, so a resumed run continues
-exactly.
+keys from fold_in(run key, step), one per purpose (sslx/core/rngs.py), turns
+the uint8 crops from tf.data into photometrically augmented views on device,
+asks the method for its loss, adds the online linear probe's loss on
+stop-gradient features, applies the optimizer, lets the method update its
+non-gradient state (EMA target, queue), and guards the result against
+non-finite values (sslx/core/train_state.py). Everything that changes is in
+the TrainState, so a resumed run continues exactly; the loop around the step
+(checkpoints, resume, preemption, progress) is sslx/core/loop.py, shared by
+every job.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import time
 from typing import Any
 
 from absl import logging
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -33,35 +35,27 @@ import optax
 from sslx import data
 from sslx import errors
 from sslx import methods
+from sslx import models
 from sslx.config import validation as config_validation
 from sslx.core import checkpointing
 from sslx.core import compile_once
-from sslx.core import health
+from sslx.core import loop as loop_lib
 from sslx.core import mesh as mesh_lib
 from sslx.core import optim
-from sslx.core import preemption
 from sslx.core import progress as progress_lib
+from sslx.core import rngs as rngs_lib
 from sslx.core import summaries
+from sslx.core import health
+from sslx.core.train_state import TrainState, guarded_update
 from sslx.data import augment
+from sslx.data import info as info_lib
 from sslx.data import views as views_lib
 from sslx.evaluation import compare
-from sslx.evaluation import features as features_lib
 from sslx.evaluation import few_label
+from sslx.evaluation import frozen
 from sslx.evaluation import plots
-from sslx.models import init_variables as models_init
 
 PyTree = Any
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array  # number of updates applied so far
-  params: PyTree  # {'model': method parameters, 'probe': online linear classifier}
-  batch_stats: PyTree  # BatchNorm running statistics of the method's online networks
-  opt_state: PyTree
-  method_state: PyTree  # non-gradient state owned by the method
-  rng: jax.Array  # base key; step k uses fold_in(rng, k)
-  skipped_updates: jax.Array  # non-finite updates dropped so far (config.nonfinite.action='skip')
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> data.DatasetInfo:
@@ -70,7 +64,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> data
   Every problem found is reported in one ConfigError, so a config with several
   mistakes needs one rerun, not several.
   """
-  problems = config_validation.problems(config)
+  problems = config_validation.problems(config) + models.config_problems(config)
   try:
     problems += methods.get_method_class(config).config_problems(config)
   except errors.ConfigError as e:
@@ -100,6 +94,43 @@ def _is_positive_int(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
+# What a pretraining checkpoint's state means: a rerun that changes any of these would not
+# continue the saved run (its data position, schedules or state). Logging, evaluation,
+# plots, checkpoint cadence, devices and dtype change nothing saved and are left out.
+FINGERPRINT_FIELDS = ("job", "method", "seed", "batch_size", "train_steps", "model", "optimizer",
+                      "probe", "views", "data.dataset", "data.image_size", "data.grey",
+                      "data.shuffle_buffer")
+
+
+def fingerprint(config: dict, process_count: int | None = None) -> dict[str, Any]:
+  """The flat fingerprint of a pretraining config (a dict, as checkpoints save it).
+
+  TFDS record files are read one shard per process, so their example order
+  (and the example ids of memory banks) depend on the process count, which
+  then belongs to it; npz arrays and folders are one stream for any count.
+  """
+  def get(path):
+    node = config
+    for key in path.split("."):
+      node = node.get(key) if isinstance(node, dict) else None
+    return node
+  fields = {path: get(path) for path in FINGERPRINT_FIELDS}
+  fields["job"] = fields["job"] or "pretrain"
+  fields[config.get("method")] = config.get(config.get("method"))  # the method's section
+  flat = checkpointing.flatten(fields)
+  if process_count is not None and not info_lib.reads_by_index(get("data.dataset") or ""):
+    flat["process_count"] = process_count
+  return flat
+
+
+def identity(config, trainer: Trainer) -> checkpointing.Identity:
+  """What a pretraining checkpoint saves beside its arrays, and what resume checks."""
+  return checkpointing.Identity(
+      fingerprint=fingerprint(json.loads(config.to_json()), jax.process_count()),
+      of_config=fingerprint, config=config, encoder=trainer.encoder_record(),
+      allowed_changes=checkpointing.parse_allowed(config.get("resume_changes")))
+
+
 def probe_loss(probe_params, features, labels, num_classes):
   """Cross-entropy of the online linear probe; rows with label < 0 are ignored."""
   logits = nn.Dense(num_classes).apply({"params": probe_params}, features)
@@ -126,12 +157,16 @@ class Trainer:
     self.tx, self.lr_schedule = optim.create_optimizer(
         config, steps_per_epoch=self.steps_per_epoch, method=self.method)
     self.num_classes = info.num_classes if config.probe.enabled else None
+    # What the encoder is fed at evaluation, and by every consumer of its checkpoint.
+    self.preprocessing = info_lib.Preprocessing(
+        image_size=config.data.image_size, mean=tuple(info.mean), std=tuple(info.std),
+        crop_fraction=config.data.eval_crop_fraction,
+        grey=bool(config.data.get("grey", False)) or self.method.grey_encoder_input)
     size = self.view_groups[0].crop_size
     self._dummy_images = jnp.zeros((2, size, size, 3), jnp.float32)
-    # Evaluation (centre crops) runs at the data's image size.
-    eval_size = config.data.image_size
-    self._eval_images = jnp.zeros((2, eval_size, eval_size, 3), jnp.float32)
-    self._embed = None  # the jitted feature extractor, built at the first evaluation
+    self._eval_images = jnp.zeros((2, config.data.image_size, config.data.image_size, 3))
+    self.evaluator = frozen.Evaluator(self.method.encoder, self.preprocessing, config.data,
+                                      mesh, self.dtype, config.eval, info.num_classes)
     self.state_sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), self.abstract_state())
     self.train_step = jax.jit(
         self._train_step,
@@ -139,33 +174,35 @@ class Trainer:
         out_shardings=(self.state_sharding, mesh_lib.replicated(mesh)),
         donate_argnums=0)
 
-  def _init_state(self, rng):
-    k_model, k_probe, k_state = jax.random.split(rng, 3)
-    model_params, batch_stats, method_state = self.method.init(k_model, self._dummy_images)
+  def encoder_record(self) -> dict[str, Any]:
+    """Where the checkpoint keeps the encoder, its architecture and its input."""
+    return dict(checkpointing.PRETRAIN_ENCODER, model=self.config.model.to_dict(),
+                preprocessing=self.preprocessing.to_dict())
+
+  def _init_state(self, key):
+    model_params, batch_stats, method_state = self.method.init(
+        rngs_lib.derive(key, "init/model"), self._dummy_images)
     params = {"model": model_params, "probe": {}}
     if self.num_classes:
       dim = self.method.feature_dim
-      params["probe"] = nn.Dense(self.num_classes).init(k_probe, jnp.zeros((1, dim)))["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=self.tx.init(params), method_state=method_state, rng=k_state,
-                      skipped_updates=jnp.zeros((), jnp.int32))
+      params["probe"] = nn.Dense(self.num_classes).init(rngs_lib.derive(key, "init/probe"),
+                                                        jnp.zeros((1, dim)))["params"]
+    return TrainState.create(params=params, batch_stats=batch_stats,
+                             opt_state=self.tx.init(params), method_state=method_state,
+                             rng=rngs_lib.derive(key, "train"))
 
   def abstract_state(self):
-    return jax.eval_shape(self._init_state, jax.random.PRNGKey(0))
+    return jax.eval_shape(self._init_state, rngs_lib.seed_key(0))
 
   def init_state(self, seed: int) -> TrainState:
     init = compile_once.jit(self._init_state, out_shardings=self.state_sharding)
-    return init(jax.random.PRNGKey(seed))
+    return init(rngs_lib.seed_key(seed))
 
   def _train_step(self, state: TrainState, batch: dict[str, jax.Array]):
     step = state.step
-    step_key = jax.random.fold_in(state.rng, step)
-    aug_rng, method_rng = jax.random.split(step_key)
-    dropout_rng, drop_path_rng = jax.random.split(jax.random.fold_in(step_key, 1))
-    rngs = methods.base.StepRngs(augment=method_rng, dropout=dropout_rng,
-                                 drop_path=drop_path_rng)
+    rngs = state.step_rngs()
     method_batch = {
-        "views": augment.augment_views(aug_rng, batch["views"], self.view_groups,
+        "views": augment.augment_views(rngs.augment, batch["views"], self.view_groups,
                                        self.info.mean, self.info.std, dtype=self.dtype),
         "label": batch["label"], "index": batch["index"]}
 
@@ -182,21 +219,19 @@ class Trainer:
     (total, (out, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    method_state = self.method.post_step(params["model"], out.method_state, step)
+    new = state.replace(step=step + 1, params=params, batch_stats=out.batch_stats,
+                        opt_state=opt_state,
+                        method_state=self.method.post_step(params["model"], out.method_state,
+                                                           step))
+    # With 'skip', the EMA target and the queue are dropped with the rest.
+    new, flags = guarded_update(state, new, total, grads, self.config.nonfinite.action)
     metrics["learning_rate"] = self.lr_schedule(step)
     metrics["grad_norm"] = optax.global_norm(grads["model"])
     if self.num_classes:
       metrics["probe_grad_norm"] = optax.global_norm(grads["probe"])
     metrics.update(self._health_metrics(out.embeddings, step))
-    finite = health.all_finite(total, grads)
-    new = dict(params=params, batch_stats=out.batch_stats, opt_state=opt_state,
-               method_state=method_state)
-    # With 'skip', the EMA target and the queue are dropped with the rest.
-    new, skipped = health.drop_if_nonfinite(finite, new, {k: getattr(state, k) for k in new},
-                                            state.skipped_updates, self.config.nonfinite.action)
-    metrics["finite"] = finite
-    metrics["skipped_updates"] = skipped
-    return state.replace(step=step + 1, skipped_updates=skipped, **new), metrics
+    metrics.update(flags)
+    return new, metrics
 
   def _health_metrics(self, embeddings, step):
     """Collapse monitors; the effective rank (an SVD) only on logged steps."""
@@ -215,65 +250,41 @@ class Trainer:
                                                     self.dtype) for g in self.view_groups},
              "label": jax.ShapeDtypeStruct((n,), jnp.int32),
              "index": jax.ShapeDtypeStruct((n,), jnp.int32)}
-    key = jax.random.PRNGKey(0)
-    rngs = methods.base.StepRngs(augment=key, dropout=key, drop_path=key)
+    rngs = rngs_lib.StepRngs(key=rngs_lib.seed_key(0))
     _, out = jax.eval_shape(self.method.loss, abstract.params["model"], abstract.batch_stats,
                             abstract.method_state, batch, rngs, abstract.step)
     return out.embeddings.shape[-1]
 
   # Evaluation of the encoder.
+  def encoder_variables(self, state: TrainState) -> PyTree:
+    return self.method.encoder_variables(state.params["model"], state.batch_stats)
+
   def random_encoder_variables(self, seed: int):
-    return models_init(self.method.encoder, seed + 1, self._eval_images)
-
-  def evaluate_encoders(self, encoders: dict[str, PyTree], few_label_subsets=None,
-                        features: dict | None = None) -> dict[str, dict[str, Any]]:
-    """kNN and linear-probe accuracy on the test split for each named encoder.
-
-    Features are extracted once per encoder (eval-mode BatchNorm, no
-    augmentation) and shared by every protocol; pass a dict as `features` to
-    get them back ({name: {'train': (x, y), 'test': (x, y)}}).
-    """
-    c = self.config.eval
-    if self._embed is None:  # one compilation for every encoder and every evaluation
-      self._embed = features_lib.make_embed_fn(self.method.encoder, self.info.mean,
-                                               self.info.std, self.dtype,
-                                               layer=c.feature_layer, grid=c.feature_grid)
-    results = {}
-    for name, variables in encoders.items():
-      extract = features_lib.FeatureExtractor(
-          self.method.encoder, variables, data_config=self.config.data, mean=self.info.mean,
-          std=self.info.std, mesh=self.mesh, dtype=self.dtype, embed_fn=self._embed)
-      results[name], feats = features_lib.evaluate_frozen(
-          extract, num_classes=self.info.num_classes, batch_size=c.batch_size,
-          knn_k=c.knn_k if c.knn else None, knn_temperature=c.knn_temperature,
-          linear=c.linear, max_train_examples=c.max_train_examples, seed=self.config.seed,
-          few_label_subsets=few_label_subsets, few_label_l2=c.few_label_l2,
-          return_features=True)
-      if features is not None:
-        features[name] = feats
-    return results
+    return models.init_variables(self.method.encoder, seed + 1, self._eval_images)
 
   def scratch_baseline(self, few_label_subsets) -> dict[int, dict[str, Any]]:
     """Test top-1 of the architecture trained from scratch on each few-label subset."""
     c = self.config.eval
     scratch = few_label.ScratchTrainer(
-        self.method.backbone, info=self.info, data_config=self.config.data, mesh=self.mesh,
-        config=c.scratch, dtype=self.dtype)
-    test_images = lambda: data.make_eval_iterator(
-        self.config.data, "test", batch_size=c.batch_size // jax.process_count())
-    return {n: scratch.evaluate(chosen[:c.scratch.draws], self.config.seed, test_images)
+        self.method.backbone, info=self.info, preprocessing=self.preprocessing,
+        data_config=self.config.data, mesh=self.mesh, config=c.scratch,
+        nonfinite=self.config.nonfinite, dtype=self.dtype)
+    return {n: scratch.evaluate(chosen[:c.scratch.draws], self.config.seed,
+                                eval_batch_size=c.batch_size)
             for n, chosen in few_label_subsets.items()}
 
 
 def final_evaluation(config, info: data.DatasetInfo, trainer: Trainer, state: TrainState,
                      writer, features: dict | None = None) -> dict | None:
-  """kNN and linear probe of the pretrained encoder, beside a random one; printed and logged."""
+  """kNN and linear probe of the pretrained encoder, beside a random one; printed and logged.
+
+  Both encoders get the pretrained one's preprocessing, so the comparison is about weights.
+  """
   if not (info.num_classes and info.test_split):
     logging.info("Skipping the final evaluation: %s has no labelled test split.",
                  config.data.dataset)
     return None
-  encoders = {"pretrained": trainer.method.encoder_variables(state.params["model"],
-                                                             state.batch_stats)}
+  encoders = {"pretrained": trainer.encoder_variables(state)}
   if config.eval.compare_random_init:
     encoders["random_init"] = trainer.random_encoder_variables(config.seed)
   few = {}  # drawn once, from the train labels that come with the first encoder's features
@@ -283,11 +294,15 @@ def final_evaluation(config, info: data.DatasetInfo, trainer: Trainer, state: Tr
       few.update(few_label_subsets(config, labels))
     return few
 
-  results = trainer.evaluate_encoders(encoders, few_label_subsets=draw if config.eval.few_labels
-                                      else None, features=features)
+  results = trainer.evaluator.evaluate(encoders, seed=config.seed,
+                                       few_label_subsets=draw if config.eval.few_labels else None,
+                                       features=features)
   if few and config.eval.scratch.steps:
     t0 = time.perf_counter()
-    results["scratch"] = {"few_label_scratch": trainer.scratch_baseline(few)}
+    # The draws index the evaluated train rows; the baseline reads the split by its indices.
+    rows = trainer.evaluator.train_indices(config.seed)
+    in_split = few if rows is None else {n: [rows[c] for c in chosen] for n, chosen in few.items()}
+    results["scratch"] = {"few_label_scratch": trainer.scratch_baseline(in_split)}
     logging.info("evaluation: the from-scratch baselines took %.1fs", time.perf_counter() - t0)
   writer.write_scalars(int(jax.device_get(state.step)), {
       f"eval/{protocol}_{name}_{metric}": value
@@ -308,11 +323,11 @@ def final_evaluation(config, info: data.DatasetInfo, trainer: Trainer, state: Tr
 
 def _features_read(config) -> str:
   # .get: configs built by hand (tests) may predate the fields.
-  return features_lib.describe(config.eval.get("feature_layer"), config.eval.get("feature_grid", 1))
+  return frozen.describe(config.eval.get("feature_layer"), config.eval.get("feature_grid", 1))
 
 
 def few_label_subsets(config, labels: np.ndarray) -> dict[int, list]:
-  """{N: the few-label draws' indices into the (capped) train split, whose labels are `labels`}."""
+  """{N: the few-label draws' indices into the train split, whose labels are `labels`}."""
   c = config.eval
   return {int(n): few_label.draw_subsets(labels, int(n), c.few_label_draws, config.seed)
           for n in sorted(set(c.few_labels))}
@@ -332,7 +347,7 @@ def few_label_table(config, info: data.DatasetInfo, results: dict) -> str:
            f"{info.test_split} (columns: labelled images per class; mean of the draws):",
            f"  {'labels per class':<{width}}  " + "  ".join(f"{n:>6}" for n in shots)]
   for title, by_n, draws in rows:
-    cells = "  ".join(f"{by_n[n]['top1']:>6.1%}" for n in shots)
+    cells = "  ".join(few_label.cell(by_n[n]) for n in shots)
     lines.append(f"  {title:<{width}}  {cells}   ({draws} draw{'s' if draws > 1 else ''})")
   return "\n".join(lines)
 
@@ -348,11 +363,11 @@ def _scalars(scores: dict, prefix: str = "") -> dict[str, float]:
   return out
 
 
-def periodic_evaluation(config, info, trainer: Trainer, state: TrainState, writer,
+def periodic_evaluation(config, trainer: Trainer, writer, state: TrainState,
                         step: int) -> None:
   """The final evaluation's kNN / linear probe of the current encoder, logged at `step`."""
-  variables = trainer.method.encoder_variables(state.params["model"], state.batch_stats)
-  results = trainer.evaluate_encoders({"pretrained": variables})["pretrained"]
+  results = trainer.evaluator.evaluate({"pretrained": trainer.encoder_variables(state)},
+                                       seed=config.seed)["pretrained"]
   writer.write_scalars(step, {f"eval/{protocol}_pretrained_{metric}": value
                               for protocol, scores in results.items()
                               for metric, value in scores.items()})
@@ -374,84 +389,47 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Only now, with a valid config, is anything written to the workdir.
   checkpointing.check_writable(workdir)
-  ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-  state = trainer.init_state(config.seed)
-  try:
-    restored = ckpt.restore_newest_good(state, fall_back=config.resume_from_older,
-                                        config=config)
-  except errors.CheckpointError:
-    ckpt.close()  # stop Orbax's background threads before the error ends the process
-    raise
-  state = state if restored is None else restored
-  start_step = int(jax.device_get(state.step))
-
+  ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.keep_checkpoints,
+                                    identity=identity(config, trainer))
   # TensorBoard event files from process 0; the terminal gets Progress's one line.
   # (The writer imports TensorFlow on first use, which the Trainer above does
   # not need: experiments/benchmark.py --what=step runs without it.)
   writer = summaries.Writer(workdir)
+  collapse = health.CollapseWatch(config.collapse, trainer.embedding_dim())
+  hooks = ()
+  if config.eval.every_steps and info.num_classes and info.test_split:
+    hooks = ((config.eval.every_steps,
+              lambda state, done: periodic_evaluation(config, trainer, writer, state, done)),)
+  metrics_log = None
+
+  def on_log(done, scalars):
+    metrics_log.append(done, scalars)
+    collapse.check(done, scalars)
+
+  loop = loop_lib.Loop(config=config, mesh=mesh, num_steps=config.train_steps,
+                       global_batch_size=config.batch_size, checkpointer=ckpt, writer=writer,
+                       on_log=on_log, hooks=hooks)
+  state = loop.restore(trainer.init_state(config.seed))
+  start_step = int(jax.device_get(state.step))
   if start_step == 0:
     writer.write_hparams(config.to_dict())
-  progress = progress_lib.Progress(writer, total_steps=config.train_steps, start_step=start_step,
-                                   global_batch_size=config.batch_size)
   metrics_log = progress_lib.MetricsLog(
       os.path.join(workdir, plots.METRICS_FILE) if jax.process_index() == 0 else None,
       start_step)
-  batches = data.make_pretrain_iterator(config.data, trainer.view_groups,
-                                        global_batch_size=config.batch_size, seed=config.seed,
-                                        start_step=start_step)
-  last_scalars = {}
-  nonfinite = health.NonFiniteWatch(config.nonfinite, latest_checkpoint=ckpt.latest_path)
-  collapse = health.CollapseWatch(config.collapse, trainer.embedding_dim())
-  hidden = {"finite"} | ({"skipped_updates"} if config.nonfinite.action == "stop" else set())
-  pending = None  # the previous update, checked while this one runs
-  t0 = time.perf_counter()
-  try:
-    with preemption.StopRequest() as stop:
-      for step in range(start_step, config.train_steps):
-        state, metrics = trainer.train_step(state, mesh_lib.to_global(next(batches), mesh))
-        done = step + 1
-        if pending:  # one scalar transfer per step, one step late: no stall
-          nonfinite.check(*pending)
-        pending = (done, metrics)
-        if step == start_step:
-          jax.block_until_ready(state.step)
-          progress.first_step_done(done, time.perf_counter() - t0)
-        is_last = done == config.train_steps
-        save = done % config.checkpoint_every_steps == 0 or is_last
-        if save or stop.requested():
-          # Never checkpoint a diverged state: the last good checkpoint stays the newest.
-          nonfinite.check(done, metrics)
-          pending = None
-        if done % config.log_every_steps == 0 or is_last:
-          last_scalars = progress.report(
-              done, {k: v for k, v in metrics.items() if k not in hidden})
-          metrics_log.append(done, last_scalars)
-          collapse.check(done, last_scalars)
-        if save:
-          ckpt.save(state, config)
-        if (config.eval.every_steps and done % config.eval.every_steps == 0 and not is_last
-            and info.num_classes and info.test_split):
-          periodic_evaluation(config, info, trainer, state, writer, done)
-        if stop.requested():
-          # Preemption or Ctrl-C: keep this (finite) step, then exit for a rerun.
-          if not save:
-            ckpt.save(state, config)
-          ckpt.wait()
-          raise errors.Preempted(
-              f"Stopped by {stop.signal_name or 'a signal on another process'} after step "
-              f"{done}; newest checkpoint: {ckpt.latest_path()}. Rerun the same command to "
-              "resume.")
-  except (errors.Preempted, health.NonFiniteError):
-    ckpt.wait()  # a save of an earlier, good step may still be in flight
-    ckpt.close()
-    writer.flush()
-    raise
-  ckpt.wait()
-  results = {"step": int(jax.device_get(state.step)), "final_metrics": last_scalars,
-             "checkpoint": f"{ckpt.directory}/{ckpt.latest_step()}",
+
+  def batches_from(step: int):
+    return data.make_pretrain_iterator(config.data, trainer.view_groups,
+                                       global_batch_size=config.batch_size, seed=config.seed,
+                                       start_step=step)
+
+  state, last_scalars = loop.run(state, trainer.train_step, batches_from, restored=True)
+  step = int(jax.device_get(state.step))
+  results = {"step": step, "final_metrics": last_scalars,
+             "checkpoint": f"{ckpt.directory}/{step}",
              # What sslx.evaluation.compare names and groups runs by.
              "method": config.method, "dataset": config.data.dataset,
-             "model": config.model.to_dict(), "command": _command_line()}
+             "model": config.model.to_dict(), "preprocessing": trainer.preprocessing.to_dict(),
+             "command": _command_line()}
   if config.eval.feature_layer:  # which features the evaluation read (default: pooled)
     results.update(feature_layer=config.eval.feature_layer, feature_grid=config.eval.feature_grid)
 
@@ -464,7 +442,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("drew %s in %.1fs", ", ".join(results["plots"].values()),
                  time.perf_counter() - t0)
   writer.flush()
-  ckpt.close()
   results["wall_seconds"] = time.perf_counter() - job_start  # this invocation's, resumes excluded
   if jax.process_index() == 0:
     with open(os.path.join(workdir, compare.PRETRAIN_FILE), "w") as f:

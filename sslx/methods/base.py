@@ -13,8 +13,14 @@ What a method declares and receives:
   * `loss(params, batch_stats, method_state, batch, rngs, step)`, where
     `batch` is {'views': {group: float [B, n, S, S, 3], normalised and
     augmented}, 'label': int32 [B] (-1: unlabelled), 'index': int32 [B] (the
-    example's id in the dataset, for memory banks)}, and `rngs` holds separate
-    keys for the method's own sampling (`augment`), dropout and drop-path.
+    example's id in the dataset, for memory banks)}, and `rngs` is the step's
+    `sslx.core.rngs.StepRngs`: `rngs.method(name)` is a key for each of the
+    method's own sampling streams (MoCo's shuffle, masks, permutations), and
+    `rngs.modules(name)` the dropout / drop-path keys of one forward pass,
+    which `encode` and `apply_train` hand to the modules.
+  * `grey_encoder_input`: True where the encoder sees grey lightness images
+    (colorization); its checkpoint then says so, and every evaluator feeds it
+    grey images.
   * `dataset`: the pretraining data's `DatasetInfo`, given by the trainer
     (None in unit tests that need none), for what is sized by the dataset:
     a memory bank or an exemplar classifier (one row per training image;
@@ -40,18 +46,11 @@ import ml_collections
 from sslx import errors
 from sslx import models
 from sslx.core.numerics import l2_normalize  # pylint: disable=unused-import  (for methods)
+from sslx.core.rngs import StepRngs
 from sslx.data import views as views_lib
 from sslx.data.info import DatasetInfo
 
 PyTree = Any
-
-
-@flax.struct.dataclass
-class StepRngs:
-  """The step's keys, one per purpose, so adding dropout never changes a method's sampling."""
-  augment: jax.Array  # the method's own random sampling (MoCo's BN shuffle, masks, permutations)
-  dropout: jax.Array
-  drop_path: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +79,7 @@ class SSLMethod(abc.ABC):
   """Base class; subclasses are stateless apart from their (static) config."""
 
   view_groups: tuple[str, ...] = ("v1", "v2")
+  grey_encoder_input: bool = False
 
   def __init__(self, config: ml_collections.ConfigDict, dataset: DatasetInfo | None = None):
     problems = self.config_problems(config)
@@ -137,15 +137,18 @@ class SSLMethod(abc.ABC):
     """Crop `crop` of view group `group` for the whole batch, [B, S, S, 3]."""
     return batch["views"][group][:, crop]
 
-  def apply_train(self, module, params, batch_stats, x):
-    """Applies a module in training mode; returns (output, new batch_stats)."""
+  def apply_train(self, module, params, batch_stats, x, rngs: dict | None = None):
+    """Applies a module in training mode; returns (output, new batch_stats).
+
+    `rngs`: the pass's dropout / drop-path keys (`StepRngs.modules(name)`).
+    """
     out, updates = module.apply({"params": params, "batch_stats": batch_stats}, x,
-                                train=True, mutable=["batch_stats"])
+                                train=True, mutable=["batch_stats"], rngs=rngs)
     return out, updates["batch_stats"]
 
-  def encode(self, params, batch_stats, x):
+  def encode(self, params, batch_stats, x, rngs: dict | None = None):
     """The encoder in training mode: (pooled features [B, D], new batch_stats)."""
-    out, batch_stats = self.apply_train(self.encoder, params, batch_stats, x)
+    out, batch_stats = self.apply_train(self.encoder, params, batch_stats, x, rngs)
     return out.pooled, batch_stats
 
   @staticmethod
@@ -163,9 +166,9 @@ class SSLMethod(abc.ABC):
           " which this dataset does not report.")
     return int(value)
 
-  def classify(self, params, batch_stats, head, x):
+  def classify(self, params, batch_stats, head, x, rngs: dict | None = None):
     """Encoder then `head` in training mode: (features [B, D], head output, new batch_stats)."""
-    features, bs_enc = self.encode(params["encoder"], batch_stats["encoder"], x)
+    features, bs_enc = self.encode(params["encoder"], batch_stats["encoder"], x, rngs)
     out, bs_head = self.apply_train(head, params["head"], batch_stats["head"], features)
     return features, out, {"encoder": bs_enc, "head": bs_head}
 

@@ -18,6 +18,7 @@ used if someone evaluates the target network.
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from sslx.config import validation as config_validation
 from sslx import models
@@ -69,8 +70,8 @@ class Method(base.SSLMethod):
                     "target_batch_stats": self.copy_of(batch_stats, TARGET_NETWORKS)}
     return params, batch_stats, method_state
 
-  def _online(self, params, batch_stats, x):
-    features, bs_enc = self.encode(params["encoder"], batch_stats["encoder"], x)
+  def _online(self, params, batch_stats, x, rngs):
+    features, bs_enc = self.encode(params["encoder"], batch_stats["encoder"], x, rngs)
     projection, bs_proj = self.apply_train(self.projector, params["projector"],
                                            batch_stats["projector"], features)
     prediction, bs_pred = self.apply_train(self.predictor, params["predictor"],
@@ -78,23 +79,25 @@ class Method(base.SSLMethod):
     new_stats = {"encoder": bs_enc, "projector": bs_proj, "predictor": bs_pred}
     return features, projection, prediction, new_stats
 
-  def _target(self, params, batch_stats, x):
-    features, bs_enc = self.encode(params["encoder"], batch_stats["encoder"], x)
+  def _target(self, params, batch_stats, x, rngs):
+    features, bs_enc = self.encode(params["encoder"], batch_stats["encoder"], x, rngs)
     projection, bs_proj = self.apply_train(self.projector, params["projector"],
                                            batch_stats["projector"], features)
     return projection, {"encoder": bs_enc, "projector": bs_proj}
 
   def loss(self, params, batch_stats, method_state, batch, rngs, step):
-    del rngs, step  # BYOL's forward pass is deterministic given the views.
+    del step  # BYOL samples nothing itself: its randomness is the views'.
     view1, view2 = self.view(batch, "v1"), self.view(batch, "v2")
     # Each view is a separate forward pass, so BN normalises each view with its
     # own batch statistics, as in the reference implementation.
-    feat1, proj1, pred1, stats = self._online(params, batch_stats, view1)
-    _, _, pred2, stats = self._online(params, stats, view2)
+    feat1, proj1, pred1, stats = self._online(params, batch_stats, view1,
+                                              rngs.modules("online/v1"))
+    _, _, pred2, stats = self._online(params, stats, view2, rngs.modules("online/v2"))
 
     target_params = jax.lax.stop_gradient(method_state["target_params"])
-    target_z1, t_stats = self._target(target_params, method_state["target_batch_stats"], view1)
-    target_z2, t_stats = self._target(target_params, t_stats, view2)
+    target_z1, t_stats = self._target(target_params, method_state["target_batch_stats"], view1,
+                                      rngs.modules("target/v1"))
+    target_z2, t_stats = self._target(target_params, t_stats, view2, rngs.modules("target/v2"))
     target_z1 = jax.lax.stop_gradient(target_z1)
     target_z2 = jax.lax.stop_gradient(target_z2)
 
@@ -121,5 +124,5 @@ class Method(base.SSLMethod):
   def post_step(self, params, method_state, step):
     tau = self.ema_rate(step)
     online = {k: params[k] for k in TARGET_NETWORKS}
-    target = schedules.ema_update(method_state["target_params"], online, tau)
+    target = optax.incremental_update(online, method_state["target_params"], 1.0 - tau)
     return dict(method_state, target_params=target)

@@ -85,6 +85,7 @@ class Method(base.SSLMethod):
   """Colorization (classification over ab bins with rebalancing) on the generic trainer."""
 
   view_groups = ("v1",)
+  grey_encoder_input = True  # the encoder sees the grey of each image's lightness
 
   @classmethod
   def config_problems(cls, config):
@@ -120,11 +121,12 @@ class Method(base.SSLMethod):
     return ((grey - self.mean) / self.std).astype(view.dtype), lab[..., 1:]
 
   def loss(self, params, batch_stats, method_state, batch, rngs, step):
-    del rngs, step
+    del step
     c = self.config.colorization
     view = self.view(batch, "v1")
     grey, ab = self.split_lab(view)
-    out, bs_enc = self.apply_train(self.encoder, params["encoder"], batch_stats["encoder"], grey)
+    out, bs_enc = self.apply_train(self.encoder, params["encoder"], batch_stats["encoder"], grey,
+                                   rngs.modules("encoder"))
     logits, bs_dec = self.apply_train(self.decoder(view.shape[1]), params["decoder"],
                                       batch_stats["decoder"], out.feature_maps[self.last_map])
     targets = soft_encode(ab, self.bins)

@@ -173,10 +173,11 @@ class Method(base.SSLMethod):
     c = self.config.context_encoder
     view = self.view(batch, "v1")
     b, size = view.shape[0], view.shape[1]
-    mask = make_masks(rngs.augment, b, size, c.mask, c.mask_fraction, c.block_size)
+    mask = make_masks(rngs.method("context_encoder/masks"), b, size, c.mask, c.mask_fraction,
+                      c.block_size)
     context = view * (1.0 - mask).astype(view.dtype)
     out, bs_enc = self.apply_train(self.encoder, params["encoder"], batch_stats["encoder"],
-                                   context)
+                                   context, rngs.modules("encoder"))
     decoder, decoder_input = self.decoder_for(out, size)
     prediction, bs_dec = self.apply_train(decoder, params["decoder"], batch_stats["decoder"],
                                           decoder_input)

@@ -170,19 +170,20 @@ class Method(base.SSLMethod):
       batch_stats[context_name] = batch_stats[predictors_name] = {}
     return params, batch_stats, {}
 
-  def embed_grid(self, params, batch_stats, view):
+  def embed_grid(self, params, batch_stats, view, rngs: dict | None = None):
     """z [B, G, G, D] of every patch, and the encoder's new batch_stats."""
     c = self.config.cpc
     grid = patch_grid(view, c.patch_size, c.patch_stride)
     b, g = grid.shape[0], grid.shape[1]
     flat, bs = self.encode(params["encoder"], batch_stats["encoder"],
-                           grid.reshape(b * g * g, *grid.shape[3:]))
+                           grid.reshape(b * g * g, *grid.shape[3:]), rngs)
     return flat.reshape(b, g, g, -1), bs
 
   def loss(self, params, batch_stats, method_state, batch, rngs, step):
-    del rngs, step
+    del step
     c = self.config.cpc
-    z, bs_enc = self.embed_grid(params, batch_stats, self.view(batch, "v1"))
+    z, bs_enc = self.embed_grid(params, batch_stats, self.view(batch, "v1"),
+                                rngs.modules("encoder/patches"))
     g = z.shape[1]
     if g <= c.prediction_steps:
       raise errors.ConfigError(f"config.cpc: a {g}x{g} patch grid is too small for "

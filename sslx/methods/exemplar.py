@@ -62,9 +62,10 @@ class Method(base.SSLMethod):
 
   def loss(self, params, batch_stats, method_state, batch, rngs, step):
     del step
-    view = rotate(rngs.augment, self.view(batch, "v1"),
+    view = rotate(rngs.method("exemplar/rotation"), self.view(batch, "v1"),
                   self.config.exemplar.max_rotation_degrees)
-    features, logits, new_stats = self.classify(params, batch_stats, self.head, view)
+    features, logits, new_stats = self.classify(params, batch_stats, self.head, view,
+                                                rngs.modules("encoder"))
     index = batch["index"]
     member = index < self.num_classes  # images beyond the cap are not classes
     ce = optax.softmax_cross_entropy_with_integer_labels(

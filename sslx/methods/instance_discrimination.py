@@ -98,15 +98,16 @@ class Method(base.SSLMethod):
   def loss(self, params, batch_stats, method_state, batch, rngs, step):
     del step
     c = self.config.instance_discrimination
-    features, v, new_stats = self.classify(params, batch_stats, self.head, self.view(batch, "v1"))
+    features, v, new_stats = self.classify(params, batch_stats, self.head, self.view(batch, "v1"),
+                                           rngs.modules("encoder"))
     bank, index = method_state["bank"], batch["index"]
     new_state = dict(method_state)
     if c.loss == "softmax":
       loss, accuracy = softmax_loss(v, bank, index, c.temperature)
       metrics = {"instance_accuracy": accuracy}
     else:
-      negatives = jax.random.randint(rngs.augment, (v.shape[0], c.num_negatives), 0,
-                                     bank.shape[0])
+      negatives = jax.random.randint(rngs.method("instance_discrimination/negatives"),
+                                     (v.shape[0], c.num_negatives), 0, bank.shape[0])
       z = jnp.where(method_state["nce_z"] > 0, method_state["nce_z"],
                     jax.lax.stop_gradient(estimate_z(v, bank, index, negatives, c.temperature)))
       loss, p_pos = nce_loss(v, bank, index, negatives, c.temperature, z)

@@ -104,13 +104,14 @@ class Method(base.SSLMethod):
     c = self.config.jigsaw
     view = self.view(batch, "v1")
     b, size = view.shape[0], view.shape[1]
-    k_place, k_label = jax.random.split(rngs.augment)
-    offsets = patches_lib.grid_offsets(k_place, b, size, GRID, c.tile_size)
+    offsets = patches_lib.grid_offsets(rngs.method("jigsaw/placement"), b, size, GRID,
+                                       c.tile_size)
     tiles = patches_lib.normalize_each(patches_lib.crop_patches(view, offsets, c.tile_size))
-    labels = jax.random.randint(k_label, (b,), 0, c.num_permutations)
+    labels = jax.random.randint(rngs.method("jigsaw/permutation"), (b,), 0, c.num_permutations)
     shuffled = shuffle_tiles(tiles, method_state["permutations"], labels)
     flat, bs_enc = self.encode(params["encoder"], batch_stats["encoder"],
-                               shuffled.reshape(b * TILES, *tiles.shape[2:]))
+                               shuffled.reshape(b * TILES, *tiles.shape[2:]),
+                               rngs.modules("encoder/tiles"))
     features = flat.reshape(b, TILES, -1)
     logits, bs_head = self.apply_train(self.head, params["head"], batch_stats["head"],
                                        features.reshape(b, -1))

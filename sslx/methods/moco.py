@@ -43,6 +43,7 @@ import optax
 
 from sslx.config import validation as config_validation
 from sslx import models
+from sslx.core import rngs as rngs_lib
 from sslx.core import schedules
 from sslx.methods import base
 
@@ -91,19 +92,24 @@ def enqueue(queue: jax.Array, pointer: jax.Array, keys: jax.Array) -> tuple[jax.
   return queue, (pointer + keys.shape[0]) % queue.shape[0]
 
 
-def grouped_apply(apply_fn, x: jax.Array, groups: int, permutation: jax.Array | None = None):
-  """Runs `apply_fn(x) -> (out, batch_stats)` with BatchNorm statistics per group of the batch.
+def grouped_apply(apply_fn, x: jax.Array, groups: int, permutation: jax.Array | None = None,
+                  rngs: dict | None = None):
+  """Runs `apply_fn(x, rngs) -> (out, batch_stats)` with BatchNorm statistics per group.
 
   The batch (optionally permuted first) is cut into `groups` equal contiguous
   groups, each normalised with its own statistics; outputs come back in the
   original order. The returned running statistics are the mean over groups.
+  `rngs` (a forward pass's module keys, or None) gives each group keys of its own.
   """
   if groups == 1 and permutation is None:
-    return apply_fn(x)
+    return apply_fn(x, rngs)
   if permutation is not None:
     x = x[permutation]
   n = x.shape[0]
-  out, stats = jax.vmap(apply_fn)(x.reshape(groups, n // groups, *x.shape[1:]))
+  group_rngs = None if rngs is None else {
+      name: jnp.stack([rngs_lib.derive(key, f"bn_group/{g}") for g in range(groups)])
+      for name, key in rngs.items()}
+  out, stats = jax.vmap(apply_fn)(x.reshape(groups, n // groups, *x.shape[1:]), group_rngs)
   out = jax.tree.map(lambda y: y.reshape(n, *y.shape[2:]), out)
   if permutation is not None:
     inverse = jnp.argsort(permutation)  # undo the shuffle
@@ -179,19 +185,22 @@ class Method(base.SSLMethod):
       method_state["queue_pointer"] = jnp.zeros((), jnp.int32)
     return params, batch_stats, method_state
 
-  def _forward(self, networks, params, batch_stats, x, permutation=None):
-    """Encoder then `networks` heads, BN per group; returns (features, outputs, new stats)."""
+  def _forward(self, networks, params, batch_stats, x, permutation=None, rngs=None):
+    """Encoder then `networks` heads, BN per group; returns (features, outputs, new stats).
+
+    `rngs`: the pass's module keys (`StepRngs.modules`), one set per BN group.
+    """
     groups = self.config.moco.bn_groups
 
-    def apply(xg):
-      h, bs = self.encode(params["encoder"], batch_stats["encoder"], xg)
+    def apply(xg, group_rngs):
+      h, bs = self.encode(params["encoder"], batch_stats["encoder"], xg, group_rngs)
       stats, outs = {"encoder": bs}, [h]
       for name, module in networks:
         y, stats[name] = self.apply_train(module, params[name], batch_stats[name], outs[-1])
         outs.append(y)
       return outs, stats
 
-    return grouped_apply(apply, x, groups, permutation)
+    return grouped_apply(apply, x, groups, permutation, rngs)
 
   def loss(self, params, batch_stats, method_state, batch, rngs, step):
     del step
@@ -202,30 +211,34 @@ class Method(base.SSLMethod):
     query_heads = key_heads + ([("predictor", self.predictor)] if self.predictor else [])
     n = view1.shape[0]
     shuffle = c.bn_groups > 1
-    perms = jax.random.split(rngs.augment, 2)
 
-    def keys(x, key_stats, i):
-      perm = jax.random.permutation(perms[i], n) if shuffle else None
-      (_, k), key_stats = self._forward(key_heads, key_params, key_stats, x, perm)
+    def keys(x, key_stats, view):
+      perm = (jax.random.permutation(rngs.method(f"moco/shuffle_{view}"), n) if shuffle
+              else None)
+      (_, k), key_stats = self._forward(key_heads, key_params, key_stats, x, perm,
+                                        rngs.modules(f"key/{view}"))
       return jax.lax.stop_gradient(k), key_stats
 
-    (feat1, proj1, *pred1), stats = self._forward(query_heads, params, batch_stats, view1)
-    k2, key_stats = keys(view2, method_state["key_batch_stats"], 1)
+    (feat1, proj1, *pred1), stats = self._forward(query_heads, params, batch_stats, view1,
+                                                  rngs=rngs.modules("query/v1"))
+    k2, key_stats = keys(view2, method_state["key_batch_stats"], "v2")
     new_state = dict(method_state)
     if self.version == "v2":
       loss, accuracy = infonce_with_queue(proj1, k2, method_state["queue"], c.temperature)
       new_keys = k2
       if c.symmetric:  # the CIFAR demo's option: also view 2 as query against view 1's key
-        (_, proj2), stats = self._forward(query_heads, params, stats, view2)
-        k1, key_stats = keys(view1, key_stats, 0)
+        (_, proj2), stats = self._forward(query_heads, params, stats, view2,
+                                          rngs=rngs.modules("query/v2"))
+        k1, key_stats = keys(view1, key_stats, "v1")
         loss2, accuracy2 = infonce_with_queue(proj2, k1, method_state["queue"], c.temperature)
         loss, accuracy = (loss + loss2) / 2, (accuracy + accuracy2) / 2
         new_keys = jnp.concatenate([k2, k1], axis=0)
       new_state["queue"], new_state["queue_pointer"] = enqueue(
           method_state["queue"], method_state["queue_pointer"], base.l2_normalize(new_keys))
     else:
-      (_, _, q2), stats = self._forward(query_heads, params, stats, view2)
-      k1, key_stats = keys(view1, key_stats, 0)
+      (_, _, q2), stats = self._forward(query_heads, params, stats, view2,
+                                        rngs=rngs.modules("query/v2"))
+      k1, key_stats = keys(view1, key_stats, "v1")
       loss, accuracy = symmetric_ctr(pred1[0], q2, k1, k2, c.temperature)
     new_state["key_batch_stats"] = key_stats
     return loss, base.LossOutput(batch_stats=stats, method_state=new_state, features=feat1,
@@ -239,5 +252,6 @@ class Method(base.SSLMethod):
 
   def post_step(self, params, method_state, step):
     online = {k: params[k] for k in KEY_NETWORKS}
-    keys = schedules.ema_update(method_state["key_params"], online, self.momentum(step))
+    keys = optax.incremental_update(online, method_state["key_params"],
+                                    1.0 - self.momentum(step))
     return dict(method_state, key_params=keys)

@@ -91,10 +91,11 @@ class Method(base.SSLMethod):
         self.head, k_head, jnp.concatenate([x, x], axis=-1))
     return params, batch_stats, {}
 
-  def cut(self, rng, view):
+  def cut(self, rngs, view):
     """The 9 patches [B, 9, p, p, 3] of each crop, jittered, gapped, maybe colour-dropped."""
     c = self.config.relative_patch
-    k_grid, k_drop = jax.random.split(rng)
+    k_grid = rngs.method("relative_patch/grid")
+    k_drop = rngs.method("relative_patch/color_drop")
     b, size = view.shape[0], view.shape[1]
     offsets = patches_lib.grid_offsets(k_grid, b, size, GRID, c.patch_size, c.gap, c.jitter)
     patches = patches_lib.crop_patches(view, offsets, c.patch_size)
@@ -106,9 +107,10 @@ class Method(base.SSLMethod):
     del step
     view = self.view(batch, "v1")
     b = view.shape[0]
-    patches = self.cut(rngs.augment, view)
+    patches = self.cut(rngs, view)
     flat, bs_enc = self.encode(params["encoder"], batch_stats["encoder"],
-                               patches.reshape(-1, *patches.shape[2:]))
+                               patches.reshape(-1, *patches.shape[2:]),
+                               rngs.modules("encoder/patches"))
     features = flat.reshape(b, GRID * GRID, -1)
     logits, bs_head = self.apply_train(self.head, params["head"], batch_stats["head"],
                                        pairs(features))

@@ -59,11 +59,12 @@ class Method(base.SSLMethod):
     return *self.init_encoder_and_head(rng, images, self.head), {}
 
   def loss(self, params, batch_stats, method_state, batch, rngs, step):
-    del rngs, step
+    del step
     view = self.view(batch, "v1")
     n = view.shape[0]
     x, labels = rotate_batch(view)
-    features, logits, new_stats = self.classify(params, batch_stats, self.head, x)
+    features, logits, new_stats = self.classify(params, batch_stats, self.head, x,
+                                                rngs.modules("encoder"))
     loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
     accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
     # The unrotated copies (the first N) feed the online probe and monitoring.

@@ -74,11 +74,12 @@ class Method(base.SSLMethod):
     return params, batch_stats, {}
 
   def loss(self, params, batch_stats, method_state, batch, rngs, step):
-    del rngs, step  # deterministic given the views
+    del step  # SimCLR samples nothing itself: its randomness is the views'.
     view1, view2 = self.view(batch, "v1"), self.view(batch, "v2")
     n = view1.shape[0]
     x = jnp.concatenate([view1, view2], axis=0)
-    features, bs_enc = self.encode(params["encoder"], batch_stats["encoder"], x)
+    features, bs_enc = self.encode(params["encoder"], batch_stats["encoder"], x,
+                                   rngs.modules("encoder/both_views"))
     z, bs_proj = self.apply_train(self.projector, params["projector"], batch_stats["projector"],
                                   features)
     loss, accuracy = nt_xent(z[:n], z[n:], self.config.simclr.temperature)

@@ -47,9 +47,9 @@ class Method(base.SSLMethod):
     return *self.init_encoder_and_head(rng, images, self.head), {}
 
   def loss(self, params, batch_stats, method_state, batch, rngs, step):
-    del rngs, step
+    del step
     features, logits, new_stats = self.classify(params, batch_stats, self.head,
-                                                self.view(batch, "v1"))
+                                                self.view(batch, "v1"), rngs.modules("encoder"))
     labels = batch["label"]
     targets = optax.smooth_labels(jax.nn.one_hot(labels, self.num_classes),
                                   self.config.supervised.label_smoothing)

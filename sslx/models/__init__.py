@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sslx import errors
+from sslx.config import validation
 from sslx.core import compile_once
 from sslx.models.backbone import Backbone, BackboneOutput
 from sslx.models.heads import MLP
@@ -52,6 +54,38 @@ def backbone_problems(model_config: Any, image_size: int | None) -> list[str]:
   return BACKBONES.get(name).config_problems(model_config, image_size)
 
 
+def config_problems(config: Any) -> list[str]:
+  """The backbone's own checks of a pretraining config: name, fields, the image size it will
+  see, and `eval.feature_layer` against its feature maps."""
+  model = config.get('model')
+  if model is None:
+    return ['config.model is missing.']
+  data = config.get('data') or {}
+  problems = backbone_problems(model, data.get('image_size'))
+  evaluation = config.get('eval') or {}
+  if not problems and 'feature_layer' in evaluation and 'feature_grid' in evaluation:
+    problems += validation.feature_layer_problems(
+        evaluation['feature_layer'], evaluation['feature_grid'],
+        get_backbone(model).feature_map_names)
+  return problems
+
+
+def check_variables(model_config: Any, variables: dict, where: str, image_size: int) -> None:
+  """An exported encoder's variables must be exactly what the architecture's init builds."""
+  encoder = create_encoder(model_config)
+  expected = jax.eval_shape(lambda: encoder.init(
+      jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)), train=False))
+  shape_of = lambda tree: {jax.tree_util.keystr(path): tuple(v.shape)
+                           for path, v in jax.tree.leaves_with_path(tree)}
+  want, got = shape_of(dict(expected)), shape_of(dict(variables))
+  if want != got:
+    diff = sorted(set(want.items()) ^ set(got.items()))[:4]
+    described = ', '.join(f'{k} {v}' for k, v in model_config.items())
+    raise errors.CheckpointError(
+        f'The encoder in {where} does not match its recorded architecture ({described}); '
+        f'first differences (path, shape): {diff}. The file may be corrupt.')
+
+
 def create_encoder(model_config: Any, dtype: Any = jnp.float32,
                    frozen_groups: int = 0) -> nn.Module:
   """The encoder module described by `model_config`.
@@ -76,4 +110,4 @@ def init_variables(module: nn.Module, seed: int, images: jax.Array) -> dict:
   ResNet-10 on CPU, against one short compilation here (sslx/core/compile_once.py).
   """
   init = compile_once.jit(functools.partial(module.init, train=False))
-  return dict(init(jax.random.PRNGKey(seed), images))
+  return dict(init(jax.random.key(seed), images))

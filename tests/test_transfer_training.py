@@ -1,11 +1,10 @@
-"""The supervised jobs' safe loop: checkpoints, exact resume after SIGTERM, non-finite stop."""
+"""Fine-tuning and the augmented probe on the one loop: checkpoints, exact resume, guards."""
 
 import json
 import os
 
 import chex
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from conftest import preempt_after
@@ -13,7 +12,8 @@ from configs import finetune as finetune_config
 from configs import linear_eval as linear_eval_config
 from sslx import errors
 from sslx.core import health
-from sslx.core import supervised_loop
+from sslx.core import checkpointing
+from sslx.core import progress as progress_lib
 from sslx.jobs import finetune
 from sslx.jobs import linear_eval
 
@@ -34,13 +34,7 @@ def _finetune_config(tfds_dir, **overrides):
 
 
 def _saved_state(workdir, step):
-  ckpt = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
-                               options=ocp.CheckpointManagerOptions(read_only=True),
-                               item_handlers={"state": ocp.StandardCheckpointHandler()})
-  try:
-    return ckpt.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  finally:
-    ckpt.close()
+  return checkpointing.load_all(workdir, step)[0]
 
 
 @pytest.mark.slow
@@ -50,7 +44,8 @@ def test_finetune_preempted_and_resumed_equals_straight_run(tmp_path, tfds_dir, 
   assert straight["train_steps"] == 2 * N
 
   with monkeypatch.context() as m:
-    preempt_after(m, supervised_loop.Loop, N)
+    # SIGTERM while step N-1 is logged: step N's stop decision sees it.
+    preempt_after(m, progress_lib.Progress, N - 1)
     with pytest.raises(errors.Preempted, match=rf"fine-tune step {N}; newest checkpoint: "
                                                rf".*/checkpoints/{N}\. Rerun"):
       finetune.run(_finetune_config(tfds_dir), resumed_dir)
@@ -72,6 +67,12 @@ def test_finetune_preempted_and_resumed_equals_straight_run(tmp_path, tfds_dir, 
   with pytest.raises(errors.CheckpointMismatchError, match="labels_per_class=4 there, 5 here"):
     finetune.run(_finetune_config(tfds_dir, labels_per_class=5), resumed_dir)
 
+  # The fine-tuned encoder is read from the workdir like a pretrained one, with its input.
+  saved = checkpointing.read_encoder(resumed_dir)
+  assert saved.step == 2 * N and saved.record["params"] == ["encoder"]
+  chex.assert_trees_all_equal(saved.variables["params"],
+                              _saved_state(resumed_dir, 2 * N)["online"]["params"]["encoder"])
+
 
 def test_finetune_stops_on_a_non_finite_loss(tmp_path, tfds_dir):
   config = _finetune_config(tfds_dir, checkpoint_every_steps=1)
@@ -87,8 +88,8 @@ def test_finetune_skip_counts_dropped_updates(tmp_path, tfds_dir):
   workdir = str(tmp_path / "skip")
   finetune.run(config, workdir)
   state = _saved_state(workdir, 2 * N)
-  assert int(state["skipped_updates"]) >= 1
-  for leaf in np.asarray(state["params"]["head"]["out"]["kernel"]).ravel():
+  assert int(state["train"]["skipped_updates"]) >= 1
+  for leaf in np.asarray(state["online"]["params"]["head"]["out"]["kernel"]).ravel():
     assert np.isfinite(leaf)
 
 
@@ -109,7 +110,7 @@ def test_augmented_linear_probe_checkpoints_and_resumes(tmp_path, tfds_dir, monk
   straight = linear_eval.run(config(), str(tmp_path / "straight"))
   assert straight["train_steps"] == 2 * N
   with monkeypatch.context() as m:
-    preempt_after(m, supervised_loop.Loop, N)
+    preempt_after(m, progress_lib.Progress, N - 1)
     with pytest.raises(errors.Preempted):
       linear_eval.run(config(), str(tmp_path / "resumed"))
   resumed = linear_eval.run(config(), str(tmp_path / "resumed"))
