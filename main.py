@@ -14,6 +14,9 @@ import sys
 
 # TensorFlow is only used for tf.data: keep it off the GPU/TPU and quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# ... and its oneDNN note ("oneDNN custom operations are on"), which absl's C++ log
+# prints whatever TF_CPP_MIN_LOG_LEVEL says: tf.data's image ops gain nothing from it.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -47,12 +50,10 @@ def main(argv):
     compile_once.enable_persistent_cache(config)
     JOBS.get(job)(config, _WORKDIR.value)
   except errors.Preempted as e:
-    logging.warning("%s", e)
     print(str(e), file=sys.stderr, flush=True)
     sys.exit(preemption.EXIT_CODE)
   except errors.SslxError as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr, flush=True)
+    print(f"error: {e}", file=sys.stderr, flush=True)  # once: not also through the log
     sys.exit(2)
   except jax.errors.JaxRuntimeError as e:
     if jax.process_count() == 1 or not _lost_a_process(e):
@@ -62,7 +63,6 @@ def main(argv):
         f"({str(e).splitlines()[0]}); it died or was stopped without the others. Checkpoints "
         f"already in {_WORKDIR.value}/checkpoints stay readable (a save in flight is not "
         "committed). Rerun every process with the same command to resume from the newest.")
-    logging.error("%s", message)
     print(f"error: {message}", file=sys.stderr, flush=True)
     # Not sys.exit: at exit jax.distributed's shutdown waits on the lost process
     # and aborts the interpreter with a core dump.
@@ -79,8 +79,17 @@ def _lost_a_process(error: Exception) -> bool:
   return any(word in str(error) for word in _PEER_LOST)
 
 
+_HELP = ("--help", "-h", "-help", "--helpshort")
+
+
 if __name__ == "__main__":
-  try:  # a misspelt or mistyped --config.x=y: one line, not ml_collections' traceback
+  if len(sys.argv) == 1 or any(a in _HELP for a in sys.argv[1:]):
+    from sslx.jobs import usage  # pylint: disable=g-import-not-at-top
+    brief = len(sys.argv) == 1
+    print(usage.help_text(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"),
+                          brief=brief), file=sys.stderr if brief else sys.stdout)
+    sys.exit(2 if brief else 0)
+  try:  # a missing flag, a misspelt config, preset or --config.x=y: one line, no traceback
     overrides.check_argv(sys.argv)
   except errors.ConfigError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)

@@ -24,11 +24,18 @@ Presets (the part after ':'):
 
 Override anything: --config.train_steps=200 --config.batch_size=128
 --config.data.dataset=npz:/path/cifar.npz --config.views.v2.solarize_prob=0.
+
+Preset `folder`: your own photos (--config.data.dataset=folder:PATH, images of any
+size in PATH/<class>/ or PATH/train/<class>/, PATH/test/<class>/): this config's
+CIFAR recipe, crops of 32 px cut from the whole photo, for 100 epochs of the folder.
 """
 
 import ml_collections
 
 from sslx.config import defaults as config_defaults
+
+# The part after ':' (the first is the default); python main.py --help lists them.
+PRESETS = config_defaults.PRESETS
 
 
 def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
@@ -66,7 +73,7 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
     # Colour ops act as brightness/contrast on grey digits.
     config_defaults.keep_digits_whole(c)
     c.views.v2.solarize_prob = 0.2
-  elif preset in ("cifar10", "cifar100"):
+  elif preset in config_defaults.SMALL_IMAGE_PRESETS:
     c.batch_size = 256
     c.train_steps = config_defaults.epochs_to_steps(1000, preset, c.batch_size)
     c.byol.tau_base = 0.99

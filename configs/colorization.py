@@ -17,11 +17,18 @@ Presets (the part after ':'):
             ResNet-18, bins of 10, SGD; not from the paper (ImageNet only).
   imagenet  bins of 10, ResNet-50 (the paper: a VGG-style network with
             Adam; its Sec. 3), SGD here.
+
+Preset `folder`: your own photos (--config.data.dataset=folder:PATH, images of any
+size in PATH/<class>/ or PATH/train/<class>/, PATH/test/<class>/): this config's
+CIFAR recipe, crops of 32 px cut from the whole photo, for 100 epochs of the folder.
 """
 
 import ml_collections
 
 from sslx.config import defaults as config_defaults
+
+# The part after ':' (the first is the default); python main.py --help lists them.
+PRESETS = ("mnistm5k", "cifar10", "cifar100", "imagenet", "folder")
 
 
 def get_config(preset: str = "mnistm5k") -> ml_collections.ConfigDict:
@@ -50,7 +57,7 @@ def get_config(preset: str = "mnistm5k") -> ml_collections.ConfigDict:
     c.batch_size = 64
     c.train_steps = 600
     config_defaults.keep_digits_whole(c)
-  elif preset in ("cifar10", "cifar100"):
+  elif preset in config_defaults.SMALL_IMAGE_PRESETS:
     c.batch_size = 256
     c.train_steps = config_defaults.epochs_to_steps(100, preset, c.batch_size)
     c.colorization.decoder_channels = (256, 128, 64)

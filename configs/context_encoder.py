@@ -41,11 +41,18 @@ Presets (the part after ':'):
   imagenet  random blocks of 16 px over a quarter of 128 px crops (the
             paper's 227 px input, smaller here), ResNet-50; SGD, not from
             the paper (which uses Adam and AlexNet).
+
+Preset `folder`: your own photos (--config.data.dataset=folder:PATH, images of any
+size in PATH/<class>/ or PATH/train/<class>/, PATH/test/<class>/): this config's
+CIFAR recipe, crops of 32 px cut from the whole photo, for 100 epochs of the folder.
 """
 
 import ml_collections
 
 from sslx.config import defaults as config_defaults
+
+# The part after ':' (the first is the default); python main.py --help lists them.
+PRESETS = config_defaults.PRESETS
 
 
 def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
@@ -82,7 +89,7 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
     config_defaults.keep_digits_whole(c)
     c.context_encoder.mask = "random_block"
     c.context_encoder.decoder_input = "pooled"
-  elif preset in ("cifar10", "cifar100"):
+  elif preset in config_defaults.SMALL_IMAGE_PRESETS:
     c.batch_size = 256
     c.train_steps = config_defaults.epochs_to_steps(100, preset, c.batch_size)
     c.context_encoder.update(mask="random_blocks", block_size=4,

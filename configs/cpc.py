@@ -24,11 +24,18 @@ Presets (the part after ':'):
   imagenet  the papers' geometry: 64 px patches every 32 px of 256 px crops
             (7x7), 5 rows ahead (CPC v2 predicts up to 5); ResNet-50 (CPC v2
             uses a ResNet-161 with layer norm); SGD, not from the paper.
+
+Preset `folder`: your own photos (--config.data.dataset=folder:PATH, images of any
+size in PATH/<class>/ or PATH/train/<class>/, PATH/test/<class>/): this config's
+CIFAR recipe, crops of 32 px cut from the whole photo, for 100 epochs of the folder.
 """
 
 import ml_collections
 
 from sslx.config import defaults as config_defaults
+
+# The part after ':' (the first is the default); python main.py --help lists them.
+PRESETS = config_defaults.PRESETS
 
 
 def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
@@ -64,7 +71,7 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
     # 0.4 x 32/256 per step: with K = 4 it beat 0.2 on both probes at seeds 0, 1
     # and 2 (experiments/README.md, "CPC: rows predicted, batch and rate").
     c.optimizer.base_learning_rate = 0.4
-  elif preset in ("cifar10", "cifar100"):
+  elif preset in config_defaults.SMALL_IMAGE_PRESETS:
     c.batch_size = 256
     c.train_steps = config_defaults.epochs_to_steps(100, preset, c.batch_size)
     c.cpc.prediction_steps = 3

@@ -18,11 +18,18 @@ Presets (the part after ':'):
             surrogate set), the others left out of the loss.
   imagenet  32,000 classes as well (a 1.28M-way head would be 2.6 billion
             weights), ResNet-50. Neither is from the paper (STL-10 only).
+
+Preset `folder`: your own photos (--config.data.dataset=folder:PATH, images of any
+size in PATH/<class>/ or PATH/train/<class>/, PATH/test/<class>/): this config's
+CIFAR recipe, crops of 32 px cut from the whole photo, for 100 epochs of the folder.
 """
 
 import ml_collections
 
 from sslx.config import defaults as config_defaults
+
+# The part after ':' (the first is the default); python main.py --help lists them.
+PRESETS = config_defaults.PRESETS
 
 
 def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
@@ -51,7 +58,7 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
     c.batch_size = 128
     c.train_steps = 1200
     config_defaults.keep_digits_whole(c)
-  elif preset in ("cifar10", "cifar100"):
+  elif preset in config_defaults.SMALL_IMAGE_PRESETS:
     c.batch_size = 256
     c.train_steps = config_defaults.epochs_to_steps(100, preset, c.batch_size)
     c.exemplar.num_classes = 32_000

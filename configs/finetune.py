@@ -20,10 +20,13 @@ Fields are documented in sslx/config/transfer_defaults.py.
 
 from sslx.config import transfer_defaults as transfer_defaults
 
+# The evaluation dataset's preset (the part after ':'); none: the checkpoint's own dataset.
+PRESETS = transfer_defaults.PRESETS
 
-def get_config(preset: str = "mnist5k"):
+
+def get_config(preset: str = ""):
   c = transfer_defaults.base_transfer_config("finetune", preset, "configs/finetune.py")
-  if preset == "mnist5k":
+  if preset in ("", "mnist5k"):
     c.batch_size = 128
     # 30 epochs at 0.05 left both a pretrained and a from-scratch ResNet-10
     # short of fitting 400 training digits (train accuracy 0.75-0.92);

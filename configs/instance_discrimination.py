@@ -18,11 +18,18 @@ Presets (the part after ':'):
             temperature 0.07, bank momentum 0.5, SGD lr 0.03 at batch 256
             (Sec. 4), weight decay 5e-4, 200 epochs, ResNet-18.
   imagenet  the paper's ImageNet setting: the same with ResNet-50, 200 epochs.
+
+Preset `folder`: your own photos (--config.data.dataset=folder:PATH, images of any
+size in PATH/<class>/ or PATH/train/<class>/, PATH/test/<class>/): this config's
+CIFAR recipe, crops of 32 px cut from the whole photo, for 100 epochs of the folder.
 """
 
 import ml_collections
 
 from sslx.config import defaults as config_defaults
+
+# The part after ':' (the first is the default); python main.py --help lists them.
+PRESETS = config_defaults.PRESETS
 
 
 def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
@@ -55,7 +62,7 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
     # it 5.7 points above (93.1%; experiments/README.md, issue 17).
     c.instance_discrimination.head_hidden_dims = (512,)
     config_defaults.keep_digits_whole(c)
-  elif preset in ("cifar10", "cifar100"):
+  elif preset in config_defaults.SMALL_IMAGE_PRESETS:
     c.batch_size = 256
     c.train_steps = config_defaults.epochs_to_steps(200, preset, c.batch_size)
     c.instance_discrimination.loss = "nce"

@@ -21,11 +21,18 @@ Presets (the part after ':'):
   imagenet  the paper's geometry (Sec. 3.2): 225 px crops, 75 px cells, 64 px
             tiles, 1,000 permutations (its best; 100 in its Table 3 ablation
             reaches nearly the same). ResNet-50 instead of its CFN-AlexNet.
+
+Preset `folder`: your own photos (--config.data.dataset=folder:PATH, images of any
+size in PATH/<class>/ or PATH/train/<class>/, PATH/test/<class>/): this config's
+CIFAR recipe, crops of 32 px cut from the whole photo, for 100 epochs of the folder.
 """
 
 import ml_collections
 
 from sslx.config import defaults as config_defaults
+
+# The part after ':' (the first is the default); python main.py --help lists them.
+PRESETS = config_defaults.PRESETS
 
 
 def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
@@ -53,7 +60,7 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
     # 1,000 gave 84.7% kNN / 89.6% linear against 82.7% / 87.5% with 100, mean of
     # seeds 0-2 (experiments/README.md, "The classic pretext tasks on the digits").
     c.jigsaw.num_permutations = 1000
-  elif preset in ("cifar10", "cifar100"):
+  elif preset in config_defaults.SMALL_IMAGE_PRESETS:
     c.batch_size = 256
     c.train_steps = config_defaults.epochs_to_steps(100, preset, c.batch_size)
     c.views.v1.crop_size = 48

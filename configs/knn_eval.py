@@ -14,6 +14,9 @@ Fields are documented in sslx/config/transfer_defaults.py.
 
 from sslx.config import transfer_defaults as transfer_defaults
 
+# The evaluation dataset's preset (the part after ':'); none: the checkpoint's own dataset.
+PRESETS = transfer_defaults.PRESETS
 
-def get_config(preset: str = "mnist5k"):
+
+def get_config(preset: str = ""):
   return transfer_defaults.base_transfer_config("knn_eval", preset, "configs/knn_eval.py")

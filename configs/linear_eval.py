@@ -18,10 +18,13 @@ Fields are documented in sslx/config/transfer_defaults.py.
 
 from sslx.config import transfer_defaults as transfer_defaults
 
+# The evaluation dataset's preset (the part after ':'); none: the checkpoint's own dataset.
+PRESETS = transfer_defaults.PRESETS
 
-def get_config(preset: str = "mnist5k"):
+
+def get_config(preset: str = ""):
   c = transfer_defaults.base_transfer_config("linear_eval", preset, "configs/linear_eval.py")
-  if preset == "mnist5k":
+  if preset in ("", "mnist5k"):
     c.batch_size = 128
     c.linear.view.update(crop_area_min=0.5, flip_prob=0.0)  # keep digits whole and unflipped
   elif preset == "imagenet":

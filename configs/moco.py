@@ -36,11 +36,18 @@ v3 presets:
             weight decay 1e-6, 10 warmup epochs, T 1.0, m 0.99 -> 1 (cosine),
             projector 4096-256 ending in BN, predictor 4096-256, zero-init
             residuals, BYOL's augmentations with crops from 0.08.
+
+Preset `folder`: your own photos (--config.data.dataset=folder:PATH, images of any
+size in PATH/<class>/ or PATH/train/<class>/, PATH/test/<class>/): this config's
+CIFAR recipe, crops of 32 px cut from the whole photo, for 100 epochs of the folder.
 """
 
 import ml_collections
 
 from sslx.config import defaults as config_defaults
+
+# The part after ':' (the first is the default); python main.py --help lists them.
+PRESETS = config_defaults.PRESETS
 
 VERSIONS = ("v2", "v3")
 
@@ -98,7 +105,7 @@ def _v2(c, preset):
     c.moco.update(queue_size=1024, momentum=0.99, temperature=0.2)
     c.optimizer.update(base_learning_rate=0.06, weight_decay=5e-4)
     config_defaults.keep_digits_whole(c)
-  elif preset in ("cifar10", "cifar100"):
+  elif preset in config_defaults.SMALL_IMAGE_PRESETS:
     c.batch_size = 512
     c.train_steps = config_defaults.epochs_to_steps(200, preset, c.batch_size)
     c.moco.update(queue_size=4096, momentum=0.99, temperature=0.1)
@@ -129,7 +136,7 @@ def _v3(c, preset):
                        warmup_epochs=2.0)
     config_defaults.keep_digits_whole(c)
     c.views.v2.solarize_prob = 0.2
-  elif preset in ("cifar10", "cifar100"):
+  elif preset in config_defaults.SMALL_IMAGE_PRESETS:
     c.batch_size = 256
     c.train_steps = config_defaults.epochs_to_steps(1000, preset, c.batch_size)
     c.moco.temperature = 0.2

@@ -21,11 +21,18 @@ Presets (the part after ':'):
             crops; colour dropping on a third of the patches. ResNet-50
             instead of the paper's AlexNet-style network; SGD, 35 epochs,
             not from the paper.
+
+Preset `folder`: your own photos (--config.data.dataset=folder:PATH, images of any
+size in PATH/<class>/ or PATH/train/<class>/, PATH/test/<class>/): this config's
+CIFAR recipe, crops of 32 px cut from the whole photo, for 100 epochs of the folder.
 """
 
 import ml_collections
 
 from sslx.config import defaults as config_defaults
+
+# The part after ':' (the first is the default); python main.py --help lists them.
+PRESETS = config_defaults.PRESETS
 
 
 def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
@@ -55,7 +62,7 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
     c.optimizer.base_learning_rate = 0.8
     config_defaults.keep_digits_whole(c)
     c.views.v1.crop_size = 30
-  elif preset in ("cifar10", "cifar100"):
+  elif preset in config_defaults.SMALL_IMAGE_PRESETS:
     c.batch_size = 256
     c.train_steps = config_defaults.epochs_to_steps(100, preset, c.batch_size)
     c.views.v1.crop_size = 48

@@ -21,11 +21,18 @@ Presets (the part after ':'):
             stem instead of the paper's NIN.
   imagenet  not from a paper: ResNet-50, batch 512, SGD lr 0.1 x batch/256,
             weight decay 1e-4, 35 epochs, a starting point to tune.
+
+Preset `folder`: your own photos (--config.data.dataset=folder:PATH, images of any
+size in PATH/<class>/ or PATH/train/<class>/, PATH/test/<class>/): this config's
+CIFAR recipe, crops of 32 px cut from the whole photo, for 100 epochs of the folder.
 """
 
 import ml_collections
 
 from sslx.config import defaults as config_defaults
+
+# The part after ':' (the first is the default); python main.py --help lists them.
+PRESETS = config_defaults.PRESETS
 
 
 def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
@@ -50,7 +57,7 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
     c.batch_size = 64
     c.train_steps = 1200
     config_defaults.keep_digits_whole(c)
-  elif preset in ("cifar10", "cifar100"):
+  elif preset in config_defaults.SMALL_IMAGE_PRESETS:
     c.batch_size = 128
     c.train_steps = config_defaults.epochs_to_steps(100, preset, c.batch_size)
     # The paper's CIFAR augmentation: random crops (padding-style, here a

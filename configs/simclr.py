@@ -26,11 +26,18 @@ Projection head: Dense-BN-ReLU hidden layers, then Dense to projector_dim
 (paper Sec. 2.1, with the BN of the reference code); set
 projector_hidden_dims=(2048, 2048) and projector_last_bn=True for SimCLR v2's
 3-layer head.
+
+Preset `folder`: your own photos (--config.data.dataset=folder:PATH, images of any
+size in PATH/<class>/ or PATH/train/<class>/, PATH/test/<class>/): this config's
+CIFAR recipe, crops of 32 px cut from the whole photo, for 100 epochs of the folder.
 """
 
 import ml_collections
 
 from sslx.config import defaults as config_defaults
+
+# The part after ':' (the first is the default); python main.py --help lists them.
+PRESETS = config_defaults.PRESETS
 
 
 def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
@@ -70,7 +77,7 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
     c.optimizer.update(base_learning_rate=1.0, weight_decay=1e-5,
                        trust_coefficient=0.02, warmup_epochs=2.0)
     config_defaults.keep_digits_whole(c)
-  elif preset in ("cifar10", "cifar100"):
+  elif preset in config_defaults.SMALL_IMAGE_PRESETS:
     c.batch_size = 512
     c.train_steps = config_defaults.epochs_to_steps(1000, preset, c.batch_size)
     c.simclr.temperature = 0.5

@@ -16,11 +16,18 @@ Presets (the part after ':'):
             5e-4, 200 epochs, cosine: the common CIFAR recipe.
   imagenet  ResNet-50, the Goyal et al. (2017) recipe: SGD lr 0.1 x batch/256,
             weight decay 1e-4, 90 epochs, 5 warmup epochs (cosine decay here).
+
+Preset `folder`: your own photos (--config.data.dataset=folder:PATH, images of any
+size in PATH/<class>/ or PATH/train/<class>/, PATH/test/<class>/): this config's
+CIFAR recipe, crops of 32 px cut from the whole photo, for 100 epochs of the folder.
 """
 
 import ml_collections
 
 from sslx.config import defaults as config_defaults
+
+# The part after ':' (the first is the default); python main.py --help lists them.
+PRESETS = config_defaults.PRESETS
 
 
 def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
@@ -41,7 +48,7 @@ def get_config(preset: str = "mnist5k") -> ml_collections.ConfigDict:
     c.batch_size = 128
     c.train_steps = 600
     config_defaults.keep_digits_whole(c)
-  elif preset in ("cifar10", "cifar100"):
+  elif preset in config_defaults.SMALL_IMAGE_PRESETS:
     c.batch_size = 128
     c.train_steps = config_defaults.epochs_to_steps(200, preset, c.batch_size)
     c.views.v1.crop_area_min = 0.5

@@ -5,6 +5,8 @@ r"""Throughput of the train step, the input pipeline, and both together.
   python experiments/benchmark.py --config=configs/byol.py:imagenet --config.batch_size=256 \
       --config.dtype=bfloat16 --what=step            # synthetic batches, no ImageNet needed
   python experiments/benchmark.py --config=configs/byol.py:cifar10 --what=input --cores=1
+  python experiments/benchmark.py --config=configs/byol.py:cifar10 --config.batch_size=256 \
+      --what=step,torch --config.cpu_conv_backend=ynnpack     # against PyTorch eager
 
 It takes the same `--config` and `--config.x=y` overrides as main.py and
 measures, after warm-up, for --seconds each:
@@ -17,6 +19,12 @@ measures, after warm-up, for --seconds each:
               host's cores: two-view batches/s as images/s.
   end_to_end  pipeline -> device -> step, as main.py runs it; the slower of
               `step` and `input` is named the bottleneck.
+  torch       a plain PyTorch eager BYOL step, the same network and batch
+              (experiments/torch_byol_step.py, NCHW, as many threads as
+              cores), in this process after sslx's step, so both see the same
+              machine; the `step` row then gets `vs_torch`, its rate over
+              PyTorch's. Only for BYOL's ResNet-18 CIFAR network at 32 px
+              (`configs/byol.py:cifar10`); needs `pip install -e ".[torch]"`.
 
 Images are source images (each gives the method's views). One JSON line per
 measurement goes to stdout (and --out), then a Markdown table. `--cores=N`
@@ -217,17 +225,41 @@ def profile_step(run_step, directory: str, top: int = 12) -> dict:
                    "count": counts[kind]} for kind, t in by_kind.most_common(top)]}
 
 
+def _check_torch_comparable(config) -> None:
+  shape = (config.method, config.model.name, config.model.stem, config.data.image_size)
+  if shape != ("byol", "resnet18", "cifar", 32):
+    raise app.UsageError(
+        f"--what=torch compares against BYOL's ResNet-18 with the CIFAR stem at 32 px "
+        f"(configs/byol.py:cifar10); this config is {shape}.")
+
+
+def _torch_step(batch_size: int):
+  """experiments/torch_byol_step.py's step, on as many threads as this process has cores."""
+  import torch  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import torch_byol_step  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(len(os.sched_getaffinity(0)))
+  return torch_byol_step.make_step(batch_size)
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
   mesh_lib.split_cpu_into_devices(config)  # the CPU device split main.py uses
   mesh_lib.choose_cpu_conv_backend(config)  # and its convolution library
-  unknown = set(_WHAT.value) - {"step", "input", "end_to_end"}
+  unknown = set(_WHAT.value) - {"step", "input", "end_to_end", "torch"}
   if unknown:
-    raise app.UsageError(f"--what: unknown {sorted(unknown)}; valid: step, input, end_to_end")
+    raise app.UsageError(
+        f"--what: unknown {sorted(unknown)}; valid: step, input, end_to_end, torch")
+  if "torch" in _WHAT.value:
+    _check_torch_comparable(config)
   mesh = mesh_lib.create_mesh(config.num_devices)
   devices = mesh.devices.size
   mesh_lib.check_batch_size(config.batch_size, devices)
+  if not {"input", "end_to_end"} & set(_WHAT.value):
+    # The step and the PyTorch step read no data: never wait on a download.
+    with config.unlocked():
+      config.data.download = False
   info = dataset_info(config)
   device = jax.devices()[0]
   base = dict(command=" ".join(sys.argv[1:]), method=config.method,
@@ -308,8 +340,22 @@ def main(argv):
       extra["bottleneck"] = "input" if rates["input"] < rates["step"] else "step"
     emit("end_to_end", calls, elapsed, **extra)
 
+  if "torch" in _WHAT.value:
+    torch_step = _torch_step(config.batch_size)
+    calls, elapsed = _timed(torch_step, _SECONDS.value, _WARMUP.value)
+    import torch  # pylint: disable=g-import-not-at-top
+    emit("torch", calls, elapsed, torch=torch.__version__, threads=torch.get_num_threads())
+    if "step" in rates:
+      step_row = next(r for r in rows if r["what"] == "step")
+      step_row["vs_torch"] = round(rates["step"] / rates["torch"], 3)
+      line = json.dumps(dict(what="vs_torch", ratio=step_row["vs_torch"], **base))
+      print(line, flush=True)
+      if _OUT.value:
+        with open(_OUT.value, "a") as f:
+          f.write(line + "\n")
+
   columns = ["what", "images_per_sec", "batch_size", "model", "image_size", "dtype", "device",
-             "cores", "compile_s", "gflops_per_image", "mfu", "bottleneck"]
+             "cores", "compile_s", "gflops_per_image", "mfu", "bottleneck", "vs_torch"]
   print("\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
   for row in rows:
     print("| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in columns) + " |")

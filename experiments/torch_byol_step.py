@@ -12,6 +12,8 @@ NCHW (PyTorch's default layout). The inputs are random tensors already
 augmented (sslx's step also runs its photometric augmentation, a few
 milliseconds of a multi-second step on this CPU). Prints images/s after
 warm-up as one JSON line. torch is an optional extra, never needed by sslx.
+`experiments/benchmark.py --what=step,torch` runs this step in its own
+process right after sslx's, so both see the same machine at the same time.
 """
 
 import argparse
@@ -58,17 +60,9 @@ def mlp(cin, hidden, cout):
                        nn.Linear(hidden, cout))
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--batch_size", type=int, default=256)
-  parser.add_argument("--threads", type=int, default=2)
-  parser.add_argument("--steps", type=int, default=3)
-  parser.add_argument("--warmup", type=int, default=1)
-  parser.add_argument("--channels_last", action="store_true")
-  args = parser.parse_args()
-  torch.set_num_threads(args.threads)
+def make_step(batch_size: int, channels_last: bool = False):
+  """A BYOL train step on fixed random views; each call runs one and returns the loss."""
   torch.manual_seed(0)
-
   online = nn.ModuleDict({"encoder": resnet18_cifar(), "projector": mlp(512, 4096, 256)})
   predictor = mlp(256, 4096, 256)
   target = copy.deepcopy(online)
@@ -76,10 +70,10 @@ def main():
     p.requires_grad_(False)
   params = list(online.parameters()) + list(predictor.parameters())
   opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-5)
-  memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+  memory_format = torch.channels_last if channels_last else torch.contiguous_format
   for m in (online, target, predictor):
     m.to(memory_format=memory_format)
-  views = [torch.randn(args.batch_size, 3, 32, 32).to(memory_format=memory_format)
+  views = [torch.randn(batch_size, 3, 32, 32).to(memory_format=memory_format)
            for _ in range(2)]
 
   def byol_loss(p, z):
@@ -98,6 +92,19 @@ def main():
         t.mul_(0.99).add_(o, alpha=0.01)
     return float(loss.detach())
 
+  return step
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--batch_size", type=int, default=256)
+  parser.add_argument("--threads", type=int, default=2)
+  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--warmup", type=int, default=1)
+  parser.add_argument("--channels_last", action="store_true")
+  args = parser.parse_args()
+  torch.set_num_threads(args.threads)
+  step = make_step(args.batch_size, args.channels_last)
   for _ in range(args.warmup):
     step()
   start = time.perf_counter()

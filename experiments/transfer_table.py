@@ -76,6 +76,9 @@ def _main(config: str, workdir: str, *flags: str) -> float:
   print("+", " ".join(cmd[1:]), flush=True)
   start = time.perf_counter()
   result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  os.makedirs(os.path.dirname(workdir), exist_ok=True)
+  with open(workdir + ".log", "w") as f:  # what the run printed, beside its workdir
+    f.write(result.stdout + result.stderr)
   if result.returncode:
     sys.exit(f"failed ({result.returncode}): {' '.join(cmd)}\n{result.stderr[-3000:]}")
   return time.perf_counter() - start

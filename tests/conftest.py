@@ -76,6 +76,7 @@ TINY_FLAGS = ["--config.model.name=resnet10", "--config.model.width=0.125",
               "--config.log_every_steps=2", "--config.checkpoint_every_steps=2",
               # The few-label table's runs and pictures, shrunk: 2 draws, 3 scratch steps.
               "--config.eval.few_label_draws=2", "--config.eval.scratch.steps=3",
+              "--config.eval.scale_with_run=False",  # the full evaluation's paths, in miniature
               "--config.plots.tsne_max_points=200"]
 
 

@@ -19,8 +19,10 @@ from sslx.registry import Registry
 
 METHODS = ("byol", "simclr", "moco", "rotnet", "relative_patch", "jigsaw", "context_encoder",
            "exemplar", "instance_discrimination", "cpc", "supervised")
-SHIPPED = ([(m, p) for m in METHODS for p in ("mnist5k", "cifar10", "cifar100", "imagenet")]
-           + [("colorization", p) for p in ("mnistm5k", "cifar10", "cifar100", "imagenet")])
+SHIPPED = ([(m, p) for m in METHODS for p in ("mnist5k", "cifar10", "cifar100", "imagenet",
+                                              "folder")]
+           + [("colorization", p) for p in ("mnistm5k", "cifar10", "cifar100", "imagenet",
+                                            "folder")])
 
 
 @pytest.mark.parametrize("method, preset", SHIPPED)

@@ -463,7 +463,7 @@ def test_folder_skips_broken_images_and_names_them(tmp_path, caplog):
   (root / "a" / "notes.png").write_text("not an image")
   # Bytes after the end marker (some cameras append metadata) are fine.
   (root / "a" / "trailer.jpg").write_bytes(whole + b"\0" * 100)
-  dc, views = _configs(f"folder:{root}", image_size=8)
+  dc, views = _configs(f"folder:{root}", image_size=8, holdout_fraction=0.0)
   with caplog.at_level("WARNING"):
     info = data.get_dataset_info(dc)
   assert info.num_train_examples == 5
@@ -475,6 +475,59 @@ def test_folder_skips_broken_images_and_names_them(tmp_path, caplog):
   # Training reads past every epoch boundary without meeting a broken file.
   batches = _take(_pretrain(dc, views, 4), 4)
   assert sorted(set(np.concatenate([b["index"] for b in batches]))) == [0, 1, 2, 3, 4]
+
+
+def test_a_class_folder_without_test_split_holds_out_a_stratified_tenth(tmp_path, caplog):
+  # The commonest layout: PATH/<class>/*, no train/ or test/.
+  root = tmp_path / "photos"
+  for label, (cls, n) in enumerate((("cat", 20), ("dog", 10), ("owl", 30))):
+    for i in range(n):
+      _write_png(str(root / cls / f"{i:03d}.png"), (12, 9), 3 * i + label)
+  dc, _ = _configs(f"folder:{root}", image_size=8)
+  with caplog.at_level("INFO"):
+    info = data.get_dataset_info(dc)
+  assert info.test_split == "test" and info.num_train_examples == 54  # 60 - (2 + 1 + 3)
+  assert "has no test split: holding out 10% of each class (6 of 60 images)" in caplog.text
+  test_labels = subsets.read_labels(dc, "test")
+  np.testing.assert_array_equal(np.bincount(test_labels), [2, 1, 3])
+  train_paths = set(datasets._scan(str(root), dc).splits["train"][0])  # pylint: disable=protected-access
+  test_paths = set(datasets._scan(str(root), dc).splits["test"][0])  # pylint: disable=protected-access
+  assert not train_paths & test_paths and len(train_paths | test_paths) == 60
+  # The same split for every run (whatever its seed) and every job; none with fraction 0.
+  again, _ = _configs(f"folder:{root}", image_size=8, seed=5)
+  assert set(datasets._scan(str(root), again).splits["test"][0]) == test_paths  # pylint: disable=protected-access
+  none, _ = _configs(f"folder:{root}", image_size=8, holdout_fraction=0.0)
+  assert data.get_dataset_info(none).test_split is None
+
+
+def test_every_common_image_format_is_read_and_nothing_is_dropped_silently(tmp_path, caplog):
+  root = tmp_path / "mixed"
+  rng = np.random.default_rng(1)
+  images = {}
+  flat = np.full((9, 11, 3), (200, 120, 40), np.uint8)
+  for i, fmt in enumerate(("jpg", "png", "bmp", "gif", "webp", "tif", "tiff")):
+    # Lossless formats get noise; JPEG one flat colour (JPEG decoders' IDCTs differ in
+    # rounding, most where the image is busy).
+    image = flat if fmt == "jpg" else rng.integers(0, 256, (9, 11, 3), np.uint8)
+    path = root / "a" / f"{i}.{fmt}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lossless = {"jpg": {"quality": 100}, "webp": {"lossless": True}}.get(fmt, {})
+    Image.fromarray(image).save(path, **lossless)
+    images[str(path)] = np.asarray(Image.open(path).convert("RGB"))  # what the file holds
+  (root / "a" / "readme.txt").write_text("notes")
+  (root / "b").mkdir()  # an empty class folder
+  dc, views = _configs(f"folder:{root}", image_size=9, holdout_fraction=0.0)
+  with caplog.at_level("WARNING"):
+    info = data.get_dataset_info(dc)
+  assert info.num_train_examples == 7 and info.num_classes == 1
+  assert "Skipping 1 file(s) that are not images" in caplog.text and "readme.txt" in caplog.text
+  assert "Skipping 1 class folder(s) without images" in caplog.text and ": b" in caplog.text
+  src = datasets.load_split(dc, "train", process_index=0, process_count=1)
+  for path in src.table["image"]:
+    name = path.decode() if isinstance(path, bytes) else str(path)
+    decoded = src.decode(path).numpy().astype(int)
+    tolerance = 3 if name.endswith(".jpg") else 0  # (TensorFlow's and Pillow's JPEG IDCTs)
+    assert np.abs(decoded - images[name]).max() <= tolerance, name
 
 
 def test_decoded_images_are_cached_only_where_they_fit_in_memory(tmp_path, caplog, monkeypatch):

@@ -87,6 +87,7 @@ def test_a_wrong_state_dict_is_named(change, message):
                                               ("resnet50", "imagenet", 64)])
 def test_torchvision_computes_the_same_features(name, stem, size, tmp_path):
   torch = pytest.importorskip("torch")
+  pytest.importorskip("torchvision")
   model, encoder, variables, x = _trained_like_variables(name, 1.0, stem, size)
   path = str(tmp_path / "encoder.pt")
   torch_resnet.save(path, variables)
@@ -115,6 +116,7 @@ def test_torchvision_computes_the_same_features(name, stem, size, tmp_path):
 
 def test_torchvision_has_no_width_multiplier():
   pytest.importorskip("torch")
+  pytest.importorskip("torchvision")
   with pytest.raises(errors.ConfigError, match="no width multiplier"):
     torch_resnet.build_torchvision({"name": "resnet10", "width": 0.25, "stem": "cifar"})
 

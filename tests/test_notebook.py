@@ -22,6 +22,7 @@ TINY = {"model.width": 0.125, "data.image_size": 16, "batch_size": 16, "train_st
         "optimizer.warmup_epochs": 0.0, "byol.projector_hidden_dim": 32,
         "byol.projector_dim": 16, "byol.predictor_hidden_dim": 32, "eval.batch_size": 256,
         "eval.max_train_examples": 512, "eval.few_label_draws": 2, "eval.scratch.steps": 3,
+        "eval.scale_with_run": False,
         "plots.tsne_max_points": 200, "log_every_steps": 2, "checkpoint_every_steps": 2,
         "cpu_devices": 2,
         # The random-init rows: test_main's end-to-end case checks them through main.py.
@@ -39,6 +40,19 @@ def test_colab_notebook_runs_on_cpu_and_reports_the_runs_own_numbers(tmp_path, t
   overrides = dict(TINY, **{"data.data_dir": tfds_dir})
   monkeypatch.setenv("SSLX_NB_WORKDIR", workdir)
   monkeypatch.setenv("SSLX_NB_OVERRIDES", json.dumps(overrides))
+  # The own-images cell, on a small folder of photographs in two classes (no test split).
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from skimage import data as skimage_data  # pylint: disable=import-outside-toplevel
+  own = tmp_path / "own"
+  for name, photo in (("astronaut", skimage_data.astronaut()), ("coffee", skimage_data.coffee())):
+    (own / name).mkdir(parents=True)
+    for i in range(10):
+      Image.fromarray(photo[i * 10:i * 10 + 200, i * 12:i * 12 + 260]).save(own / name / f"{i}.jpg")
+  monkeypatch.setenv("SSLX_NB_OWN_IMAGES", str(own))
+  monkeypatch.setenv("SSLX_NB_OWN_OVERRIDES", json.dumps({
+      "model.width": 0.125, "batch_size": 16, "train_epochs": 0, "train_steps": 2,
+      "simclr.projector_hidden_dims": [32], "simclr.projector_dim": 16,
+      "eval.few_labels": [], "eval.compare_random_init": False, "plots.enabled": False}))
   # Let the notebook split the host into devices itself, as on a fresh runtime.
   monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
   nb = nbformat.read(NOTEBOOK, as_version=4)
@@ -70,3 +84,8 @@ def test_colab_notebook_runs_on_cpu_and_reports_the_runs_own_numbers(tmp_path, t
   assert "logistic regression on 1,000 labelled digits" in text
   description = json.load(open(os.path.join(workdir, "export", "encoder.json")))
   assert description["model"]["width"] == 0.125
+  # It installed nothing here (every requirement present) and trained on the photographs.
+  assert "missing requirements: none" in text
+  own_results = json.load(open(workdir + "_own/pretrain_results.json"))
+  assert own_results["dataset"] == f"folder:{own}" and own_results["step"] == 2
+  assert f"your images, knn: {{'pretrained': '{own_results['eval']['pretrained']['knn']['top1']:.1%}'}}" in text

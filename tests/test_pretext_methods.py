@@ -41,16 +41,32 @@ def small(name):
   return config
 
 
+def assert_same_updates(after8, after1, before, rtol):
+  """Each leaf's update (after - before) agrees in norm: |u8 - u1| <= rtol |u1|."""
+  for (path, a1), a8, b in zip(jax.tree_util.tree_leaves_with_path(after1),
+                               jax.tree.leaves(after8), jax.tree.leaves(before)):
+    u1, u8 = np.asarray(a1) - np.asarray(b), np.asarray(a8) - np.asarray(b)
+    assert np.linalg.norm(u8 - u1) <= rtol * np.linalg.norm(u1) + 1e-7, jax.tree_util.keystr(path)
+
+
 @pytest.mark.parametrize("name", PRETEXT + ("context_encoder_adversarial",))
 def test_eight_devices_match_one_device(name):
   config = small(name)
   (state1, losses1), (state8, losses8) = run_steps(config, 1), run_steps(config, 8)
   np.testing.assert_allclose(losses8, losses1, rtol=1e-4)
-  chex.assert_trees_all_close(state8.params, state1.params, rtol=1e-3, atol=1e-5)
+  fresh = run_steps(config, 1, num_steps=0)[0]
+  if name == "context_encoder":
+    # Without the adversarial term its encoder's gradient is ill-conditioned: the
+    # sum order of 8 devices moves every encoder leaf's update by 0.3-0.7% of its
+    # norm on an AVX-512 AMD EPYC (elementwise: 6 of 18,432 weights of one layer
+    # off by 4e-5), where the other methods agree to 3e-5. A sharding error (a
+    # per-device batch norm, a per-device mean) moves it by tens of percent.
+    assert_same_updates(state8.params, state1.params, fresh.params, rtol=2e-2)
+  else:
+    chex.assert_trees_all_close(state8.params, state1.params, rtol=1e-3, atol=1e-5)
   chex.assert_trees_all_close(state8.batch_stats, state1.batch_stats, rtol=1e-3, atol=1e-5)
   chex.assert_trees_all_close(state8.method_state, state1.method_state, rtol=1e-3, atol=1e-5)
   # The step trained something (a method whose loss ignored its weights would pass above).
-  fresh = run_steps(config, 1, num_steps=0)[0]
   assert any(not np.allclose(a, b) for a, b in zip(
       jax.tree.leaves(state1.params["model"]["encoder"]),
       jax.tree.leaves(fresh.params["model"]["encoder"])))

@@ -151,3 +151,42 @@ def test_multi_crop_pretraining_runs_end_to_end_on_real_data(two_size_method, tm
   seen = np.asarray(saved["method_state"]["seen"])
   # 2 steps of 16 distinct digits of the first epoch, each counted once at its own id.
   assert seen.sum() == 32 and seen.max() == 1
+
+
+def test_a_run_says_what_it_trains_and_warns_of_a_folder_with_the_digit_preset():
+  config = tiny_config()  # the mnist5k preset
+  trainer = pretrain.Trainer(config, INFO, mesh_lib.create_mesh(1))
+  lines = pretrain.describe_run(config, trainer)
+  assert lines[0].startswith("byol with preset 'mnist5k': mnist5k at 16 px, resnet10 (width 0.125")
+  assert any(line.startswith("  views v1: 1 crop(s) of 16 px") for line in lines)
+  assert not any("WARNING" in line for line in lines)
+  config.data.dataset = "folder:/photos"
+  (warning,) = [line for line in pretrain.describe_run(config, trainer) if "WARNING" in line]
+  assert "for photos use --config=configs/byol.py:folder" in warning
+
+
+def test_short_runs_log_enough_points_for_a_curve():
+  from sslx.core import progress  # pylint: disable=import-outside-toplevel
+  assert progress.log_interval(50, 20) == 2  # 10 points
+  assert progress.log_interval(50, 1800) == 50  # the quick start: as configured
+  assert progress.log_interval(2, 6) == 2  # under 20 steps: as configured
+  assert progress.log_interval(50, 100) == 10
+
+
+def test_a_short_run_scales_its_evaluation_down_and_says_so():
+  config = tiny_config(train_steps=20)
+  config.eval.scratch.steps = 100
+  line = pretrain.scale_evaluation(config)
+  assert line.startswith("a short run (20 steps): a smaller evaluation, probes on at most "
+                         "1,000 train images, 1 few-label draw, no from-scratch baselines")
+  assert config.eval.few_label_draws == 1 and config.eval.scratch.steps == 0
+  assert config.eval.max_train_examples == 1000 and config.plots.tsne_max_points == 300
+  smaller = tiny_config(train_steps=20)
+  smaller.eval.max_train_examples = 256  # a smaller sample asked for is kept
+  pretrain.scale_evaluation(smaller)
+  assert smaller.eval.max_train_examples == 256
+  full = tiny_config(train_steps=20)
+  full.eval.scale_with_run = False
+  assert pretrain.scale_evaluation(full) is None and full.eval.few_label_draws == 5
+  long = tiny_config(train_steps=1800)
+  assert pretrain.scale_evaluation(long) is None and long.eval.few_label_draws == 5

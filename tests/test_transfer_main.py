@@ -160,3 +160,16 @@ def test_a_step_deleted_while_orbax_lists_the_steps_is_not_an_error(pretrained, 
   encoder, config, step = checkpointing.load_encoder(pretrained)
   assert step == 2 and config["method"] == "byol" and "params" in encoder
   assert listings["calls"] >= 4  # the opening and the reload each failed once, then listed again
+
+
+def test_an_evaluator_without_a_dataset_reads_the_checkpoints_own(tmp_path, pretrained, caplog):
+  import logging  # pylint: disable=import-outside-toplevel
+  config = knn_eval_config.get_config()
+  assert config.data.dataset is None and config.data.data_dir is None
+  config.update(checkpoint=pretrained, num_devices=1)
+  config.knn.k = 5
+  with caplog.at_level(logging.INFO):
+    results = knn_eval.run(config, str(tmp_path / "knn"))
+  assert "evaluating on mnist5k, the dataset the encoder was trained on" in caplog.text
+  saved = json.load(open(tmp_path / "knn" / "eval_results.json"))
+  assert saved["dataset"] == results["dataset"] == "mnist5k"

@@ -9,9 +9,13 @@ import ml_collections
 # Training-split sizes, to express schedules in epochs.
 NUM_TRAIN_EXAMPLES = {"mnist5k": 4_000, "mnistm5k": 4_000, "cifar10": 50_000, "cifar100": 50_000,
                       "imagenet2012": 1_281_167}
-PRESETS = ("mnist5k", "mnistm5k", "cifar10", "cifar100", "imagenet")
+PRESETS = ("mnist5k", "mnistm5k", "cifar10", "cifar100", "imagenet", "folder")
 # The embedded digit datasets (grey, and over colour photographs): one sizing.
 DIGIT_PRESETS = ("mnist5k", "mnistm5k")
+# Presets of small natural images: the methods' CIFAR recipes, and your own photos at that size.
+SMALL_IMAGE_PRESETS = ("cifar10", "cifar100", "folder")
+# The :folder preset's schedule: epochs of the folder's images (its size is known at run time).
+FOLDER_EPOCHS = 100.0
 
 
 def view(**overrides) -> ml_collections.ConfigDict:
@@ -52,8 +56,13 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.job = "pretrain"  # a job of sslx/jobs (sslx.jobs.JOBS)
   c.method = "byol"  # a method of sslx/methods (sslx.methods.METHODS)
+  c.preset = ""  # the dataset preset the config was built for (the part after ':')
   c.seed = 0
   c.train_steps = 1000
+  # When set (> 0), the schedule's length in epochs of the pretraining split: train_steps is
+  # then computed when the dataset's size is known (the :folder preset's images); 0 or None:
+  # train_steps as given.
+  c.train_epochs = ml_collections.config_dict.placeholder(float)
   c.batch_size = 256  # global batch, over all devices and hosts
   c.dtype = "float32"  # compute dtype; parameters stay float32
 
@@ -69,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Every image as the neutral grey of its CIE lightness L (what colorization's
       # encoder sees): evaluate a colorization encoder as its paper does.
       grey=False,
+      # A labelled image folder without a test/ (or val/) split: this share of each
+      # class is held out as its test split (the same images for every run; 0: none).
+      holdout_fraction=0.1,
       # TFDS: tf.data's shuffle buffer. npz and folders take a full permutation per
       # epoch (any value > 1; 0 or 1 keeps stored order).
       shuffle_buffer=50_000,
@@ -135,6 +147,11 @@ def base_config() -> ml_collections.ConfigDict:
       # over `few_label_draws` random subsets, at L2 strength `few_label_l2`.
       few_labels=(1, 5, 10),
       few_label_draws=5,
+      # A run shorter than `short_run_steps` (a smoke test) gets a smaller evaluation, and
+      # says so: probes on at most 1,000 train images, 1 few-label draw, no from-scratch
+      # baselines, a t-SNE of at most 300 points. False: always the full one.
+      scale_with_run=True,
+      short_run_steps=200,
       few_label_l2=1e-2,
       # ... beside the same network trained from scratch on those labels
       # (subsets of the first `scratch.draws` draws): `steps` of SGD on random crops
@@ -214,6 +231,7 @@ def apply_dataset_preset(c: ml_collections.ConfigDict, preset: str, config_file:
   Method configs call this first and then set their batch size, schedule,
   optimizer and views. `config_file` names the caller in the error message.
   """
+  c.preset = preset
   if preset in DIGIT_PRESETS:
     # mnistm5k: the same digits over colour photographs (sslx/data/mnistm5k.py),
     # with the same network and schedule.
@@ -244,6 +262,21 @@ def apply_dataset_preset(c: ml_collections.ConfigDict, preset: str, config_file:
     c.data.image_size = 32
     c.model.update(name="resnet18", width=1.0, stem="cifar")
     c.checkpoint_every_steps = 5000
+  elif preset == "folder":
+    # Your own photos, of any size: --config.data.dataset=folder:/path. The method's CIFAR
+    # recipe (its small-image recipe: 32 px crops cut from the whole photo, the ResNet-18
+    # with the small-image stem, the paper's augmentations), for FOLDER_EPOCHS epochs of
+    # the folder; a held-out 10% of each class is the test split where the folder has none
+    # (data.holdout_fraction). Photos are resized (shorter side to 36 px) and centre-cropped
+    # for evaluation, ImageNet's crop ratio. Larger crops: --config.data.image_size=64.
+    c.data.dataset = ""  # the user's folder
+    c.data.image_size = 32
+    c.data.eval_crop_fraction = 0.875
+    c.model.update(name="resnet18", width=1.0, stem="cifar")
+    c.train_epochs = FOLDER_EPOCHS
+    c.eval.knn_k = 20  # a folder's classes may hold a few dozen images
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 1000
   elif preset == "imagenet":
     c.data.dataset = "imagenet2012"
     c.data.image_size = 224
@@ -274,6 +307,12 @@ def keep_digits_whole(c: ml_collections.ConfigDict) -> None:
 
 
 def epochs_to_steps(epochs: float, preset: str, batch_size: int) -> int:
-  """Number of steps of `batch_size` that make `epochs` passes over the preset's train split."""
+  """Number of steps of `batch_size` that make `epochs` passes over the preset's train split.
+
+  The folder preset's size is unknown here: its steps come from `train_epochs` at run time
+  (this returns its placeholder, 0).
+  """
+  if preset == "folder":
+    return 0
   dataset = "imagenet2012" if preset == "imagenet" else preset
   return int(epochs * NUM_TRAIN_EXAMPLES[dataset] // batch_size)

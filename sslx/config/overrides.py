@@ -15,6 +15,7 @@ from typing import Sequence
 import ml_collections
 
 from sslx import errors
+from sslx.config import catalog
 
 _FLAG = "--config"
 
@@ -77,11 +78,34 @@ def _section(config, dotted: str):
   return node if isinstance(node, ml_collections.ConfigDict) else None
 
 
+# What a user most often means by a bare name (the field of that name in a side section, e.g.
+# the online probe's learning rate, comes after these).
+_INTENDED = {
+    "learning_rate": "optimizer.base_learning_rate", "lr": "optimizer.base_learning_rate",
+    "base_learning_rate": "optimizer.base_learning_rate",
+    "weight_decay": "optimizer.weight_decay", "wd": "optimizer.weight_decay",
+    "momentum": "optimizer.momentum", "warmup_epochs": "optimizer.warmup_epochs",
+    "dataset": "data.dataset", "image_size": "data.image_size", "data_dir": "data.data_dir",
+    "epochs": "train_steps", "steps": "train_steps", "num_steps": "train_steps",
+    "batch": "batch_size", "model": "model.name", "backbone": "model.name",
+    "arch": "model.name", "width": "model.width",
+}
+# Sections a suggestion comes from first: the run's main settings before its side parts.
+_SECTION_ORDER = ("", "optimizer", "data", "model")
+
+
+def _rank(path: str) -> int:
+  section = path.rpartition(".")[0]
+  return _SECTION_ORDER.index(section) if section in _SECTION_ORDER else len(_SECTION_ORDER)
+
+
 def _suggest(name: str, config) -> str:
   """'; did you mean config.x?' with the likeliest fields, or the parent section's fields."""
   paths = _leaf_paths(config)
   parent, _, last = name.rpartition(".")
-  close = [p for p in paths if p.split(".")[-1] == last and p != name]  # right name, wrong place
+  close = [p for p in [_INTENDED.get(name)] if p in paths]
+  # The right name in another place; the main sections first.
+  close += sorted((p for p in paths if p.split(".")[-1] == last and p != name), key=_rank)
   section = _section(config, parent)
   if section is not None:
     initials = lambda k: "".join(w[0] for w in k.split("_") if w)
@@ -148,9 +172,17 @@ def problems(config: ml_collections.ConfigDict, fields: list[tuple[str, str | No
 
 
 def check_argv(argv: Sequence[str]) -> None:
-  """Raises ConfigError (every bad override, one line each) before absl parses the flags."""
+  """Raises ConfigError (a missing flag, a config file or preset that does not exist, every
+  bad override: one line each) before absl parses the flags."""
   config_arg, fields = _split_config_arg(argv[1:])
-  if config_arg is None or not fields:
+  if config_arg is None:
+    raise errors.ConfigError("--config is required: a config file, e.g. "
+                             "--config=configs/byol.py (python main.py --help lists them).")
+  if not any(a == "--workdir" or a.startswith("--workdir=") for a in argv[1:]):
+    raise errors.ConfigError("--workdir is required: the directory for the run's checkpoints, "
+                             "logs and results, e.g. --workdir=/tmp/sslx_byol.")
+  catalog.check_config_arg(config_arg)
+  if not fields:
     return
   try:
     config = load_config(config_arg)

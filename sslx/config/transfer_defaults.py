@@ -18,11 +18,21 @@ def transfer_view(**overrides) -> ml_collections.ConfigDict:
                               solarize_prob=0.0, **overrides)
 
 
+# The evaluation dataset's presets (as config_defaults.PRESETS); '' (no preset): the dataset
+# the checkpoint was trained on, with the digit preset's recipe.
+PRESETS = config_defaults.PRESETS
+DEFAULT_RECIPE = "mnist5k"
+
+
 def base_transfer_config(job: str, preset: str, config_file: str) -> ml_collections.ConfigDict:
-  """The evaluation config of `job` on the dataset of `preset` (as in config_defaults.PRESETS)."""
+  """The evaluation config of `job` on the dataset of `preset` (as in config_defaults.PRESETS).
+
+  Without a preset the dataset is left unset: the evaluators then read the dataset the
+  checkpoint was trained on (and say so).
+  """
   # Start from a pretraining config only to read the preset's data and model defaults.
   pretrain = config_defaults.base_config()
-  config_defaults.apply_dataset_preset(pretrain, preset, config_file)
+  config_defaults.apply_dataset_preset(pretrain, preset or DEFAULT_RECIPE, config_file)
 
   c = ml_collections.ConfigDict()
   c.job = job
@@ -34,6 +44,8 @@ def base_transfer_config(job: str, preset: str, config_file: str) -> ml_collecti
   c.dtype = "float32"
 
   c.data = copy.deepcopy(pretrain.data)  # (a deep copy keeps the placeholders' types)
+  # The evaluation dataset; None: the checkpoint's own (its data_dir too, unless set here).
+  c.data.dataset = placeholder(str) if not preset or preset == "folder" else pretrain.data.dataset
   # The encoder is fed exactly as it was trained (its checkpoint's preprocessing: size,
   # centre crop, grey, mean and std), whatever this dataset's own statistics. Set these to
   # override that: the image size the images are resized to, the centre crop fraction,
@@ -49,9 +61,10 @@ def base_transfer_config(job: str, preset: str, config_file: str) -> ml_collecti
   # config.model / config.data leave them unset: the preset's pretraining ones, so that a
   # random encoder is fed as the preset's pretrained encoders are. `like`: a checkpoint (or
   # export) whose architecture and input to take instead, to compare weights alone.
-  mean, std = data_info.normalization(pretrain.data.dataset)
+  mean, std = data_info.normalization(pretrain.data.dataset or "folder:")
   c.random_init_defaults = ml_collections.ConfigDict(dict(
       model=dict(pretrain.model.to_dict(), zero_init_residual=False),
+      dataset=pretrain.data.dataset or "mnist5k",  # what a random encoder is evaluated on by default
       image_size=pretrain.data.image_size, mean=mean, std=std,
       crop_fraction=pretrain.data.eval_crop_fraction, grey=pretrain.data.grey,
       like=placeholder(str)))

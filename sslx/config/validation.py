@@ -72,6 +72,9 @@ def check_fields(config, rules: dict[str, Check], *, prefix: str = "") -> list[s
 TOP_LEVEL = {
     "seed": INT,
     "train_steps": POSITIVE_INT,
+    "train_epochs": (lambda v: v is None or (_is_real(v) and v >= 0),
+                     "a number >= 0 (0 or None: use train_steps)"),
+    "data.holdout_fraction": (lambda v: _is_real(v) and 0 <= v < 1, "a number in [0, 1)"),
     "batch_size": POSITIVE_INT,
     "dtype": one_of("float32", "bfloat16", "float16"),
     "log_every_steps": POSITIVE_INT,
@@ -103,6 +106,8 @@ TOP_LEVEL = {
     "eval.few_labels": (lambda v: isinstance(v, (tuple, list)) and all(
         _is_int(n) and n > 0 for n in v), "a tuple of integers > 0 (labels per class), or ()"),
     "eval.few_label_draws": POSITIVE_INT,
+    "eval.scale_with_run": BOOL,
+    "eval.short_run_steps": NON_NEGATIVE_INT,
     "eval.few_label_l2": POSITIVE,
     "eval.scratch.steps": NON_NEGATIVE_INT,
     "eval.scratch.draws": POSITIVE_INT,
@@ -146,5 +151,12 @@ def feature_layer_problems(layer: str | None, grid: int, map_names) -> list[str]
 
 def problems(config: ml_collections.ConfigDict) -> list[str]:
   """All type and range problems of a pretraining config that need no model, method or dataset
-  (`sslx.models.config_problems` and the method's `config_problems` add theirs)."""
-  return check_fields(config, TOP_LEVEL) + view_problems(config)
+  (`sslx.models.config_problems` and the method's `config_problems` add theirs).
+
+  With `train_epochs` set, train_steps is computed from the dataset's size when the run
+  starts, so it is not checked here.
+  """
+  rules = TOP_LEVEL
+  if _get(config, "train_epochs") not in (_MISSING, None, 0):
+    rules = {k: v for k, v in TOP_LEVEL.items() if k != "train_steps"}
+  return check_fields(config, rules) + view_problems(config)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as std_logging
 import os
 import time
 from typing import Any, Callable
@@ -39,6 +40,20 @@ import orbax.checkpoint as ocp
 from sslx import errors
 from sslx.core import rngs as rngs_lib
 from sslx.core import train_state as train_state_lib
+
+class _ReadOnlyNotes(std_logging.Filter):
+  """Drops Orbax's three warnings that a checkpoint directory is opened read-only.
+
+  Every reader here (evaluators, `sslx.load_encoder`) opens one so on purpose; the notes
+  would be the only lines a user's `load_encoder` call prints.
+  """
+
+  def filter(self, record) -> bool:
+    message = record.getMessage()
+    return not ("read_only=True" in message or "Given directory is read only" in message)
+
+
+std_logging.getLogger("absl").addFilter(_ReadOnlyNotes())
 
 ITEMS = ("online", "method_state", "opt_state", "train")
 CONFIG_ITEM = "config"

@@ -49,4 +49,8 @@ def enable_persistent_cache(config) -> str | None:
     return None
   directory = os.path.expanduser(directory)
   jax.config.update("jax_compilation_cache_dir", directory)
+  # Every program, not only those over jax's default of 1 s to compile: a job's
+  # evaluation compiles dozens of small ones (features, kNN, each probe's fit),
+  # together several seconds of a smoke run (experiments/smoke_runs.py).
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   return directory

@@ -70,7 +70,9 @@ class Loop:
     self.writer = writer
     self.global_batch_size = global_batch_size
     self.metric_prefix = metric_prefix
-    self.log_every = log_every_steps or config.log_every_steps
+    # Given: exactly that; else the config's, shortened in short runs (progress.log_interval).
+    self.log_every = log_every_steps or progress_lib.log_interval(config.log_every_steps,
+                                                                  num_steps)
     self.on_log = on_log
     self.hooks = tuple((every, fn) for every, fn in hooks if every)
     self.hidden = set(GUARD_FLAGS) | (

@@ -22,6 +22,14 @@ def _duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def log_interval(log_every_steps: int, total_steps: int) -> int:
+  """Steps between logged lines: `log_every_steps`, or less in a short run, so that every run
+  of 20 steps or more logs (and draws in training_curves.png) at least 10 points."""
+  if total_steps < 20:
+    return int(log_every_steps)
+  return max(1, min(int(log_every_steps), int(total_steps) // 10))
+
+
 class Progress:
   """Measures steps/s, images/s and ETA between reports; writes scalars.
 

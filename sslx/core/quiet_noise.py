@@ -12,7 +12,8 @@ from absl import logging
 
 
 class QuietLibraries(std_logging.Filter):
-  """Drops the INFO chatter of libraries (orbax logs every save, tfds every read).
+  """Drops the INFO chatter of libraries (orbax logs every save, tfds every read, jax that
+  it found no TPU) and Orbax's warnings that a directory is opened read-only.
 
   Also drops asyncio's "Task exception was never retrieved" reports: when one
   array of a checkpoint fails to restore, Orbax raises that failure (sslx
@@ -21,13 +22,21 @@ class QuietLibraries(std_logging.Filter):
   which reads like a second, unhandled crash.
   """
 
-  _PACKAGES = tuple(f"{os.sep}{name}{os.sep}" for name in ("orbax", "tensorflow_datasets"))
+  _PACKAGES = tuple(f"{os.sep}{name}{os.sep}" for name in (
+      "orbax", "tensorflow_datasets", os.path.join("jax", "_src")))
+  # Orbax's notes on opening a directory read-only (every evaluator does, on purpose).
+  _READ_ONLY_NOTES = ("read_only=True", "Given directory is read only")
 
   def filter(self, record) -> bool:
     if record.name == "asyncio" and "exception was never retrieved" in str(record.msg):
       return False
-    return record.levelno > std_logging.INFO or not any(
-        package in record.pathname for package in self._PACKAGES)
+    ours = not any(package in record.pathname for package in self._PACKAGES)
+    if ours:
+      return True
+    if record.levelno <= std_logging.INFO:
+      return False  # libraries' chatter: every save, every read, "no TPU backend", ...
+    return not (f"{os.sep}orbax{os.sep}" in record.pathname
+                and any(note in record.getMessage() for note in self._READ_ONLY_NOTES))
 
 
 def is_abandoned_orbax_read(unraisable) -> bool:

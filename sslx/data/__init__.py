@@ -16,6 +16,7 @@ from sslx.data.info import DatasetInfo
 # name -> submodule that defines it (each imports TensorFlow).
 _LAZY = {
     "get_dataset_info": "datasets",
+    "class_names": "datasets",
     "make_eval_iterator": "input_pipeline",
     "make_pretrain_iterator": "input_pipeline",
     "num_eval_batches": "input_pipeline",

@@ -130,7 +130,7 @@ def get_dataset_info(data_config: Any) -> DatasetInfo:
         train_split="train" if labelled else None,
         test_split="test" if "x_test" in arrays else None,
         mean=normalization(name)[0], std=normalization(name)[1])
-  folder = folders.scan(arg)
+  folder = _scan(arg, data_config)
   labelled = folder.classes is not None
   return DatasetInfo(
       name=name, num_classes=len(folder.classes) if labelled else None,
@@ -210,7 +210,7 @@ def load_split(data_config: Any, split: str, *, process_index: int,
     elements = {"image": x, "label": y}
     decode, shape = None, x.shape[1:]
   else:
-    folder = folders.scan(arg)
+    folder = _scan(arg, data_config)
     if split not in folder.splits:
       raise ConfigError(f"{data_config.dataset} has no split {split!r}; it has "
                         f"{sorted(folder.splits)}.")
@@ -229,6 +229,21 @@ def load_split(data_config: Any, split: str, *, process_index: int,
                      table={k: np.asarray(v)[mine] for k, v in elements.items()})
 
 
+def _scan(path: str, data_config: Any) -> folders.Folder:
+  return folders.scan(path, data_config.get("holdout_fraction", folders.DEFAULT_HOLDOUT_FRACTION))
+
+
+def class_names(data_config: Any) -> tuple[str, ...] | None:
+  """The class names of a folder dataset or of a TFDS one that has them; None otherwise."""
+  kind, arg = _parse_name(data_config.dataset)
+  if kind == "folder":
+    return _scan(arg, data_config).classes
+  if kind == "tfds":
+    names = _tfds_builder(arg, data_config).info.features["label"].names
+    return tuple(names) if names and not all(n.isdigit() for n in names) else None
+  return None
+
+
 def reads_by_index(data_config: Any) -> bool:
   """npz arrays and image folders: any example can be read by its index (TFDS records cannot)."""
   return info_lib.reads_by_index(data_config.dataset)
@@ -244,7 +259,7 @@ def split_size(data_config: Any, split: str) -> int:
     if f"x_{split}" not in arrays:
       raise ConfigError(f"{data_config.dataset} has no split {split!r}.")
     return len(arrays[f"x_{split}"])
-  folder = folders.scan(arg)
+  folder = _scan(arg, data_config)
   if split not in folder.splits:
     raise ConfigError(f"{data_config.dataset} has no split {split!r}; it has "
                       f"{sorted(folder.splits)}.")
@@ -296,14 +311,36 @@ def _decoded_bytes(count: int, shape) -> int | None:
 
 
 def _decode_file(path: tf.Tensor) -> tf.Tensor:
-  # channels=3 turns grey and palette PNGs into RGB and drops alpha;
-  # expand_animations=False keeps the result rank 3 for every format.
-  return tf.io.decode_image(tf.io.read_file(path), channels=3,
-                            expand_animations=False)
+  # channels=3 turns grey and palette images into RGB and drops alpha;
+  # expand_animations=False keeps a GIF's first frame (rank 3 for every format).
+  # TensorFlow reads JPEG, PNG, BMP, GIF and WebP; TIFF goes through Pillow.
+  tiff = tf.strings.regex_full_match(tf.strings.lower(path), r".*\.tiff?")
+  image = tf.cond(
+      tiff, lambda: tf.numpy_function(_decode_with_pillow, [path], tf.uint8, stateful=False),
+      lambda: tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False))
+  return tf.ensure_shape(image, [None, None, 3])
+
+
+def _decode_with_pillow(path) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  path = path.item() if isinstance(path, np.ndarray) else path  # (a 0-d array when eager)
+  with Image.open(path.decode() if isinstance(path, bytes) else path) as image:
+    return np.asarray(image.convert("RGB"), np.uint8)
 
 
 def _parse_name(name: Any) -> tuple[str, str]:
   """Splits a dataset name into (kind, argument); kind: tfds, npz or folder."""
+  if name in (None, "", "folder:", "npz:"):
+    raise ConfigError(
+        "config.data.dataset is not set: give your images with "
+        "--config.data.dataset=folder:/path/to/images (PATH/<class>/*.jpg, or PATH/train/<class>/ "
+        "and PATH/test/<class>/), an npz file (npz:/path/file.npz) or a dataset name "
+        f"({', '.join(_TFDS_SPECS)}).")
+  if (isinstance(name, str) and ":" not in name and name not in _TFDS_SPECS
+      and os.path.exists(os.path.expanduser(name))):
+    kind = "npz" if name.endswith(".npz") else "folder"
+    raise ConfigError(f"config.data.dataset={name!r} is a path; did you mean "
+                      f"--config.data.dataset={kind}:{name}?")
   if isinstance(name, str):
     if name in _TFDS_SPECS:
       return "tfds", name

@@ -14,7 +14,12 @@ from here first, so that the first import
 """
 
 import logging
+import os
 import sys
+
+# TensorFlow's C++ start-up notes (CPU instruction sets, oneDNN) are not sslx's to show;
+# a user who wants them sets TF_CPP_MIN_LOG_LEVEL first.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _import_tensorflow_without_keras():

@@ -149,6 +149,7 @@ class ScratchTrainer:
     views = ml_collections.ConfigDict({"v1": self.config.view})
     loop = loop_lib.Loop(config=self.loop_config, mesh=self.mesh, num_steps=self.config.steps,
                          global_batch_size=self.config.batch_size,
+                         log_every_steps=self.config.steps,  # one line per draw
                          name=f"from-scratch baseline ({len(indices)} images, seed {seed})")
     state, _ = loop.run(state, self._step, lambda start: data.make_pretrain_iterator(
         self.data_config, views, global_batch_size=self.config.batch_size, seed=seed,

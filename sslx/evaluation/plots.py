@@ -41,6 +41,7 @@ def training_curves(records: Sequence[dict], path: str,
     plotted[key] = (steps, values)
     ax.plot(steps, values, marker="o", markersize=2.5, linewidth=1.2)
     ax.set_xlabel("step")
+    ax.set_ylabel(label)
     ax.set_title(label, fontsize=10)
     ax.grid(alpha=0.3)
   if title:
@@ -66,7 +67,8 @@ def tsne_2d(features: np.ndarray, seed: int = 0, max_points: int = 2000) -> tupl
 
 
 def embedding_map(features: dict[str, np.ndarray], labels: np.ndarray, path: str, *,
-                  seed: int = 0, title: str = "", max_points: int = 2000) -> dict[str, np.ndarray]:
+                  seed: int = 0, title: str = "", max_points: int = 2000,
+                  class_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
   """A t-SNE panel per encoder (same test images), coloured by class; returns the coordinates."""
   fig, axes = plt.subplots(1, len(features), figsize=(5 * len(features), 5), squeeze=False)
   coordinates = {}
@@ -79,8 +81,9 @@ def embedding_map(features: dict[str, np.ndarray], labels: np.ndarray, path: str
     ax.set_title(f"{name} (t-SNE of {len(rows)} test images)", fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
+  name = lambda c: class_names[c] if class_names is not None and c < len(class_names) else str(c)
   handles = [plt.Line2D([], [], marker="o", linestyle="", color=cmap(c / max(9, labels.max())),
-                        label=str(c)) for c in np.unique(labels)]
+                        label=name(c)) for c in np.unique(labels)]
   fig.legend(handles=handles, loc="center right", title="class", fontsize=8)
   if title:
     fig.suptitle(title, fontsize=11)
@@ -97,8 +100,12 @@ def nearest_neighbours(bank: np.ndarray, queries: np.ndarray, k: int) -> np.ndar
 
 
 def retrieval_grid(query_images: np.ndarray, bank_images: np.ndarray, neighbours: np.ndarray,
-                   path: str, *, query_labels=None, bank_labels=None, title: str = "") -> None:
-  """Rows: a query image, then its neighbours; a neighbour of another class gets a red frame."""
+                   path: str, *, query_labels=None, bank_labels=None, title: str = "",
+                   class_names: Sequence[str] | None = None) -> None:
+  """Rows: a query image, then its neighbours; a neighbour of another class gets a red frame.
+
+  With `class_names` (and labels), each row is labelled with its query's class.
+  """
   rows, k = neighbours.shape
   fig, axes = plt.subplots(rows, k + 1, figsize=(1.1 * (k + 1), 1.1 * rows + 0.4),
                            squeeze=False)
@@ -112,6 +119,8 @@ def retrieval_grid(query_images: np.ndarray, bank_images: np.ndarray, neighbours
       ax.set_yticks([])
       wrong = (c > 0 and query_labels is not None and bank_labels is not None
                and bank_labels[neighbours[r, c - 1]] != query_labels[r])
+      if c == 0 and class_names is not None and query_labels is not None:
+        ax.set_ylabel(str(class_names[query_labels[r]])[:14], fontsize=7)
       for spine in ax.spines.values():
         spine.set_edgecolor("red" if wrong else ("black" if c == 0 else "lightgrey"))
         spine.set_linewidth(2.5 if wrong or c == 0 else 0.5)
@@ -161,14 +170,17 @@ def draw_run(config, workdir: str, features: dict) -> dict[str, str]:
     test = {n: f["test"][0] for n, f in features.items()}
     labels = features["pretrained"]["test"][1]
     paths["embedding_map"] = os.path.join(workdir, FILES["embedding_map"])
+    from sslx import data  # pylint: disable=import-outside-toplevel
+    names = data.class_names(config.data)
     embedding_map(test, labels, paths["embedding_map"], seed=config.seed,
-                  title=f"{name}: test features", max_points=c.tsne_max_points)
+                  title=f"{name}: test features", max_points=c.tsne_max_points,
+                  class_names=names)
     paths["retrievals"] = os.path.join(workdir, FILES["retrievals"])
-    _retrievals(config, features["pretrained"], paths["retrievals"], name)
+    _retrievals(config, features["pretrained"], paths["retrievals"], name, names)
   return paths
 
 
-def _retrievals(config, feats, path: str, name: str) -> None:
+def _retrievals(config, feats, path: str, name: str, class_names=None) -> None:
   from sslx import data  # pylint: disable=import-outside-toplevel
   c = config.plots
   (bank_x, bank_y), (test_x, test_y) = feats["train"], feats["test"]
@@ -177,11 +189,14 @@ def _retrievals(config, feats, path: str, name: str) -> None:
   neighbours = nearest_neighbours(bank_x, test_x[queries], min(c.retrieval_neighbours,
                                                                 len(bank_x)))
   used = np.unique(neighbours)  # sorted: the order the images are read in
+  # The bank's rows are the evaluated train examples: a sample of the split, or all of it.
+  rows = feats.get("train_indices")
   query_images = _images(data, config.data, "test", queries)
-  bank_images = _images(data, config.data, "train", used)
+  bank_images = _images(data, config.data, "train", used if rows is None else rows[used])
   retrieval_grid(query_images, bank_images, np.searchsorted(used, neighbours), path,
                  query_labels=test_y[queries], bank_labels=bank_y[used],
-                 title=f"{name}: nearest training images (cosine, pretrained features)")
+                 title=f"{name}: nearest training images (cosine, pretrained features)",
+                 class_names=class_names)
 
 
 def _images(data, data_config, split: str, indices: np.ndarray) -> np.ndarray:

@@ -150,7 +150,8 @@ def load_backbone(config) -> LoadedEncoder:
       Preprocessing.from_dict(record["preprocessing"]), dict(
           checkpoint=f"{checkpointing.checkpoint_dir(workdir)}/{saved.step}", step=saved.step,
           method=saved.config.get("method"), job=saved.config.get("job", "pretrain"),
-          pretrain_dataset=saved.config.get("data", {}).get("dataset")))
+          pretrain_dataset=saved.config.get("data", {}).get("dataset"),
+          pretrain_data_dir=saved.config.get("data", {}).get("data_dir")))
 
 
 def _load_export(config, path: str, step: int | None) -> LoadedEncoder:
@@ -199,6 +200,20 @@ def resolve_preprocessing(config, backbone: LoadedEncoder) -> Preprocessing:
   return dataclasses.replace(prep, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def evaluation_data(config, backbone: LoadedEncoder) -> ml_collections.ConfigDict:
+  """`config.data`, its dataset (and data_dir) the checkpoint's own where the config sets none."""
+  data_config = ml_collections.ConfigDict(config.data.to_dict())
+  if not data_config.dataset:
+    own = backbone.source.get("pretrain_dataset")
+    data_config.dataset = own or config.random_init_defaults.dataset
+    if data_config.get("data_dir") is None:
+      data_config.data_dir = backbone.source.get("pretrain_data_dir")
+    logging.info("evaluating on %s, %s (--config.data.dataset chooses another)",
+                 data_config.dataset, "the dataset the encoder was trained on" if own
+                 else "the preset's dataset")
+  return data_config
+
+
 @dataclasses.dataclass
 class Setup:
   """What every evaluator starts from."""
@@ -233,7 +248,7 @@ def setup(config, workdir: str, *, batch_sizes, need_labels: bool = False) -> Se
     raise errors.ConfigError.from_problems(layer_problems)
   check_workdir(workdir, backbone)
   prep = resolve_preprocessing(config, backbone)
-  data_config = prep.data_config(config.data)
+  data_config = prep.data_config(evaluation_data(config, backbone))
   info = data.get_dataset_info(data_config)
   if not info.num_classes or info.train_split is None:
     raise errors.ConfigError(f"{info.name} has no labelled train split to evaluate with.")

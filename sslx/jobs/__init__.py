@@ -16,6 +16,16 @@ non-finite guard come with it.
 
 from sslx.registry import Registry
 
+# One line each, for `python main.py --help` (sslx/jobs/usage.py).
+SUMMARIES = {
+    "pretrain": "self-supervised pretraining with any method (the generic trainer)",
+    "knn_eval": "weighted kNN on frozen features of a checkpoint's encoder",
+    "linear_eval": "linear probe on frozen features (L-BFGS, or SGD on augmented crops)",
+    "finetune": "fine-tuning of the encoder on labels (few labels, frozen stages, scratch)",
+    "export": "the encoder as portable msgpack + JSON and/or a torchvision state_dict",
+    "compare": "one Markdown table and one chart of finished runs' evaluations",
+}
+
 JOBS = Registry("job", "config.job", {
     "pretrain": "sslx.jobs.pretrain:run",
     "knn_eval": "sslx.jobs.knn_eval:run",

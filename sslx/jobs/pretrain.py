@@ -36,6 +36,7 @@ from sslx import data
 from sslx import errors
 from sslx import methods
 from sslx import models
+from sslx.config import defaults as config_defaults
 from sslx.config import validation as config_validation
 from sslx.core import checkpointing
 from sslx.core import compile_once
@@ -64,6 +65,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> data
   Every problem found is reported in one ConfigError, so a config with several
   mistakes needs one rerun, not several.
   """
+  resolve_epochs(config)
   problems = config_validation.problems(config) + models.config_problems(config)
   try:
     problems += methods.get_method_class(config).config_problems(config)
@@ -88,6 +90,65 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> data
                              f"{'s' if len(problems) > 1 else ''}):\n  - "
                              + "\n  - ".join(problems))
   return info
+
+
+def resolve_epochs(config: ml_collections.ConfigDict) -> None:
+  """`train_epochs` (the :folder preset's schedule) -> train_steps, from the dataset's size."""
+  epochs = config.get("train_epochs")
+  if not epochs:
+    return
+  if not (isinstance(epochs, (int, float)) and epochs > 0):
+    raise errors.ConfigError(f"config.train_epochs={epochs!r}; it must be a number > 0, or 0 "
+                             "to use config.train_steps.")
+  size = data.get_dataset_info(config.data).num_train_examples
+  config.train_steps = max(1, int(round(epochs * size / config.batch_size)))
+  logging.info("%g epochs of %d images at batch %d: %d steps (config.train_epochs)", epochs,
+               size, config.batch_size, config.train_steps)
+
+
+# A smoke run's evaluation: enough to show every part works, small enough to take
+# seconds (experiments/smoke_runs.py times every config).
+SHORT_RUN_TRAIN_EXAMPLES = 1000
+SHORT_RUN_TSNE_POINTS = 300
+
+
+def scale_evaluation(config: ml_collections.ConfigDict) -> str | None:
+  """A short run's smaller evaluation (`eval.scale_with_run`); the line that says so, or None."""
+  c = config.eval
+  if not c.get("scale_with_run", False) or config.train_steps >= c.get("short_run_steps", 0):
+    return None
+  c.few_label_draws = min(c.few_label_draws, 1)
+  c.scratch.steps = 0
+  c.max_train_examples = min(c.max_train_examples or SHORT_RUN_TRAIN_EXAMPLES,
+                             SHORT_RUN_TRAIN_EXAMPLES)
+  config.plots.tsne_max_points = min(config.plots.tsne_max_points, SHORT_RUN_TSNE_POINTS)
+  return (f"a short run ({config.train_steps} steps): a smaller evaluation, probes on at most "
+          f"{c.max_train_examples:,} train images, 1 few-label draw, no from-scratch baselines, "
+          f"a t-SNE of at most {config.plots.tsne_max_points} points "
+          "(--config.eval.scale_with_run=False for the full one)")
+
+
+def describe_run(config: ml_collections.ConfigDict, trainer) -> list[str]:
+  """The run's first lines: preset, data, input size, model, schedule and augmentations."""
+  m = config.model
+  lines = [f"{config.method} with preset {config.get('preset') or '(none)'!r}: "
+           f"{config.data.dataset} at {config.data.image_size} px, {m.name} (width {m.width:g}, "
+           f"{m.stem} stem), batch {config.batch_size} for {config.train_steps} steps, "
+           f"{config.optimizer.name} at {config.optimizer.base_learning_rate:g} x batch/256"]
+  for g in trainer.view_groups:
+    p = g.photometric
+    lines.append(
+        f"  views {g.name}: {g.num_crops} crop(s) of {g.crop_size} px from "
+        f"{g.area[0]:g}-{g.area[1]:g} of the image, flip {g.flip_prob:g}, colour jitter "
+        f"{p['color_jitter_prob']:g}, grey {p['grayscale_prob']:g}, blur {p['blur_prob']:g}, "
+        f"solarize {p['solarize_prob']:g}")
+  if (str(config.data.dataset).startswith("folder:")
+      and config.get("preset") in config_defaults.DIGIT_PRESETS):
+    lines.append(
+        f"WARNING: a folder of images with the {config.preset!r} preset, sized for 20 px digits "
+        f"(a ResNet-10 of width 0.25, digit augmentations); for photos use "
+        f"--config=configs/{config.method}.py:folder")
+  return lines
 
 
 def _is_positive_int(v) -> bool:
@@ -236,7 +297,8 @@ class Trainer:
   def _health_metrics(self, embeddings, step):
     """Collapse monitors; the effective rank (an SVD) only on logged steps."""
     done = step + 1
-    logged = (done % self.config.log_every_steps == 0) | (done == self.config.train_steps)
+    every = progress_lib.log_interval(self.config.log_every_steps, self.config.train_steps)
+    logged = (done % every == 0) | (done == self.config.train_steps)
     rank = jax.lax.cond(logged, health.effective_rank, lambda z: jnp.float32(jnp.nan),
                         embeddings)
     return {"embedding_std": health.embedding_std(embeddings), "effective_rank": rank}
@@ -381,11 +443,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh_lib.initialize_distributed(config.distributed)
   mesh = mesh_lib.create_mesh(config.num_devices)
   info = validate_config(config, mesh.devices.size)
+  scaled = scale_evaluation(config)
   trainer = Trainer(config, info, mesh)
-  logging.info("%s on %s (%d train images, %s classes), %s, %d devices (%s), batch %d, %d steps",
-               config.method, config.data.dataset, info.num_train_examples, info.num_classes,
-               config.model.name, mesh.devices.size, jax.devices()[0].platform,
-               config.batch_size, config.train_steps)
+  if scaled:
+    logging.info("%s", scaled)
+  for line in describe_run(config, trainer):
+    (logging.warning if line.startswith("WARNING") else logging.info)(
+        "%s", line.removeprefix("WARNING: "))
+  logging.info("%d train images, %s classes; %d devices (%s)", info.num_train_examples,
+               info.num_classes, mesh.devices.size, jax.devices()[0].platform)
 
   # Only now, with a valid config, is anything written to the workdir.
   checkpointing.check_writable(workdir)

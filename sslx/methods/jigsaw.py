@@ -42,13 +42,24 @@ TILES = GRID * GRID
 def permutation_set(num_permutations: int, seed: int) -> np.ndarray:
   """[P, 9] int32: P orders of the tiles, greedily far apart in Hamming distance (see above)."""
   every = np.array(list(itertools.permutations(range(TILES))), np.int8)  # [9!, 9], lexicographic
+  # One contiguous row of 9! per tile position: the distance to an order is then 9
+  # vectorised compares (0.5 s for P = 1,000, where summing over the [9!, 9] array's
+  # short rows took 11 s of every jigsaw run's start).
+  columns = np.ascontiguousarray(every.T)
+
+  def distance_to(order):
+    d = np.zeros(len(every), np.int8)
+    for position, tile in enumerate(order):
+      d += columns[position] != tile
+    return d
+
   first = np.random.default_rng(seed).integers(len(every))
   chosen = [first]
-  nearest = np.sum(every != every[first], axis=1)  # distance of each order to the chosen set
+  nearest = distance_to(every[first])  # distance of each order to the chosen set
   for _ in range(num_permutations - 1):
     pick = int(np.argmax(nearest))
     chosen.append(pick)
-    nearest = np.minimum(nearest, np.sum(every != every[pick], axis=1))
+    np.minimum(nearest, distance_to(every[pick]), out=nearest)
   return every[chosen].astype(np.int32)
 
 
