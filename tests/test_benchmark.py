@@ -54,3 +54,33 @@ def test_peak_flops_table():
   assert benchmark.peak_flops(Device("NVIDIA H100 80GB HBM3"), "bfloat16") == 989e12
   assert benchmark.peak_flops(Device("TPU v4"), "bfloat16") == 275e12
   assert benchmark.peak_flops(Device("cpu"), "float32") is None
+
+
+def _benchmark(tmp_path, *flags):
+  out = tmp_path / "bench.jsonl"
+  cmd = [sys.executable, "experiments/benchmark.py", f"--out={out}", "--seconds=0.1",
+         "--warmup=1", *flags]
+  result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=600)
+  rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+  return result, rows
+
+
+def test_the_pytorch_comparison_refuses_a_step_it_does_not_mirror(tmp_path):
+  result, rows = _benchmark(tmp_path, "--config=configs/byol.py", "--what=step,torch")
+  assert result.returncode != 0 and rows == []
+  assert "compares against BYOL's ResNet-18 with the CIFAR stem at 32 px" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_pytorch_step_runs_beside_sslxs_and_gives_their_ratio(tmp_path):
+  pytest.importorskip("torch")
+  result, rows = _benchmark(tmp_path, "--config=configs/byol.py:cifar10",
+                            "--config.batch_size=2", "--config.data.download=False",
+                            "--what=step,torch")
+  assert result.returncode == 0, result.stderr[-3000:]
+  step, torch_row, ratio = rows
+  assert [step["what"], torch_row["what"], ratio["what"]] == ["step", "torch", "vs_torch"]
+  assert torch_row["images_per_sec"] > 0 and torch_row["threads"] >= 1
+  assert ratio["ratio"] == pytest.approx(step["images_per_sec"] / torch_row["images_per_sec"],
+                                         rel=0.05)

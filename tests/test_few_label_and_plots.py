@@ -199,3 +199,24 @@ def test_pictures_are_pngs_of_their_stated_size_with_the_logged_values(tmp_path)
   plots.retrieval_grid(images[[3, 7]], images, neighbours, str(tmp_path / "r.png"),
                        query_labels=np.array([0, 1]), bank_labels=np.arange(30) % 2)
   assert _png_size(tmp_path / "r.png") == (990, 260)  # 9 x 2.6 inches at 100 dpi
+
+
+def test_pictures_name_a_folders_classes(tmp_path, monkeypatch):
+  drawn = []
+  monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.append(fig))
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(3), 10)
+  names = ["cat", "dog", "ferret"]
+  plots.embedding_map({"a": rng.normal(size=(30, 3))}, labels, str(tmp_path / "m.png"),
+                      class_names=names)
+  legend = drawn[-1].legends[0]
+  assert [t.get_text() for t in legend.get_texts()] == names
+  images = rng.integers(0, 256, (30, 8, 8, 3), np.uint8)
+  plots.retrieval_grid(images[[4, 25]], images, np.array([[1, 2], [3, 4]]),
+                       str(tmp_path / "r.png"), query_labels=np.array([0, 2]),
+                       bank_labels=labels, class_names=names)
+  rows = drawn[-1].axes[::3]  # the first panel of each row is its query
+  assert [ax.get_ylabel() for ax in rows] == ["cat", "ferret"]
+  # Without names, the legend shows the class indices.
+  plots.embedding_map({"a": rng.normal(size=(30, 3))}, labels, str(tmp_path / "n.png"))
+  assert [t.get_text() for t in drawn[-1].legends[0].get_texts()] == ["0", "1", "2"]

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -26,6 +27,13 @@ def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir, caplo
                 "--config.eval.max_train_examples=512")
   assert first.returncode == 0, first.stderr[-3000:]
   assert "kNN (k=20, T=0.1) top-1 on mnist5k test: pretrained" in first.stdout
+  # A clean run prints sslx's lines only: no library notes (TensorFlow's oneDNN note,
+  # absl's C++ log preamble, Orbax's, libtpu's), each line a log line of an sslx module.
+  ours = {os.path.basename(f) for _, _, files in os.walk(os.path.join(REPO, "sslx"))
+          for f in files if f.endswith(".py")} | {"main.py"}
+  for line in first.stderr.splitlines():
+    logged = re.match(r"[IWEF]\d{4} [\d:.]+ +\d+ ([\w.]+):\d+\] ", line)
+    assert logged and logged.group(1) in ours, line
   assert "linear probe top-1 on mnist5k test: pretrained" in first.stdout
   results = json.load(open(os.path.join(workdir, "pretrain_results.json")))
   assert results["step"] == 4
@@ -75,11 +83,13 @@ def test_main_trains_checkpoints_evaluates_and_resumes(tmp_path, tfds_dir, caplo
   assert "2 devices (cpu)" in first.stderr
   reader = subprocess.run(
       [sys.executable, "-c", "from sslx.core import checkpointing; "
-       f"print(checkpointing.load_encoder({workdir!r})[2])"],
+       f"print(checkpointing.load_encoder({workdir!r})[2]); "
+       f"import sslx; sslx.load_encoder({workdir!r})"],
       cwd=REPO, env=dict(subprocess_env(), XLA_FLAGS=""),
       capture_output=True, text=True, timeout=300)
   assert reader.returncode == 0, reader.stderr[-2000:]
   assert reader.stdout.strip() == "4"
+  assert not reader.stderr.strip(), reader.stderr  # no Orbax notes on reading read-only
 
   # Resumed in this process, on 1 device (main.py's default) where the first run had 2.
   caplog.set_level(logging.INFO)
