@@ -287,15 +287,18 @@ def main(argv):
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
 
+  def write(record):  # one JSON line to stdout and --out
+    print(json.dumps(record), flush=True)
+    if _OUT.value:
+      with open(_OUT.value, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
   def emit(what, calls, elapsed, **extra):
     images_per_sec = calls * config.batch_size / elapsed
     rates[what] = images_per_sec
     row = dict(what=what, images_per_sec=round(images_per_sec, 1), **base, **extra)
     rows.append(row)
-    print(json.dumps(row), flush=True)
-    if _OUT.value:
-      with open(_OUT.value, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    write(row)
 
   if "step" in _WHAT.value:
     holder = {"state": state}
@@ -348,11 +351,7 @@ def main(argv):
     if "step" in rates:
       step_row = next(r for r in rows if r["what"] == "step")
       step_row["vs_torch"] = round(rates["step"] / rates["torch"], 3)
-      line = json.dumps(dict(what="vs_torch", ratio=step_row["vs_torch"], **base))
-      print(line, flush=True)
-      if _OUT.value:
-        with open(_OUT.value, "a") as f:
-          f.write(line + "\n")
+      write(dict(what="vs_torch", ratio=step_row["vs_torch"], **base))
 
   columns = ["what", "images_per_sec", "batch_size", "model", "image_size", "dtype", "device",
              "cores", "compile_s", "gflops_per_image", "mfu", "bottleneck", "vs_torch"]

@@ -49,13 +49,13 @@ def _timed_run(config: str, workdir: str, cache: str, *flags: str) -> float:
   return seconds
 
 
-def _pair(root: str, label: str, config: str, *flags: str) -> dict:
-  slug = label.replace(":", "_")
+def _pair(root: str, config: str, *flags: str) -> dict:
+  slug = config.replace(":", "_")
   cache = os.path.join(root, "cache", slug)
   shutil.rmtree(cache, ignore_errors=True)
   first = _timed_run(config, os.path.join(root, slug, "first"), cache, *flags)
   warm = _timed_run(config, os.path.join(root, slug, "warm"), cache, *flags)
-  row = {"config": label, "first_s": round(first, 1), "warm_s": round(warm, 1),
+  row = {"config": config, "first_s": round(first, 1), "warm_s": round(warm, 1),
          "first_ok": first <= FIRST_RUN_TARGET_S, "warm_ok": warm <= WARM_RUN_TARGET_S}
   print(json.dumps(row), flush=True)
   return row
@@ -74,10 +74,10 @@ def main() -> None:
   unknown = [c for c in configs if c not in CONFIGS]
   if unknown:
     sys.exit(f"unknown configs {unknown}; valid: {', '.join(CONFIGS)}")
-  rows = [_pair(args.root, c, c, f"--config.train_steps={args.steps}") for c in configs]
+  rows = [_pair(args.root, c, f"--config.train_steps={args.steps}") for c in configs]
   if "byol" in configs and not args.no_evaluators:
     checkpoint = os.path.join(args.root, "byol", "warm")
-    rows += [_pair(args.root, e, e, f"--config.checkpoint={checkpoint}") for e in EVALUATORS]
+    rows += [_pair(args.root, e, f"--config.checkpoint={checkpoint}") for e in EVALUATORS]
   print(f"\n| config | first run | cache warm |  (targets: {FIRST_RUN_TARGET_S:.0f} s / "
         f"{WARM_RUN_TARGET_S:.0f} s)\n|---|---|---|")
   for r in rows:

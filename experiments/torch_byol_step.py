@@ -12,8 +12,8 @@ NCHW (PyTorch's default layout). The inputs are random tensors already
 augmented (sslx's step also runs its photometric augmentation, a few
 milliseconds of a multi-second step on this CPU). Prints images/s after
 warm-up as one JSON line. torch is an optional extra, never needed by sslx.
-`experiments/benchmark.py --what=step,torch` runs this step in its own
-process right after sslx's, so both see the same machine at the same time.
+`experiments/benchmark.py --what=step,torch` runs this step in the same
+process as sslx's step, right after it, so both see the same machine.
 """
 
 import argparse
